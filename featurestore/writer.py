@@ -1,0 +1,350 @@
+"""Writing a feature store: once, shard by shard, index and `complete` last."""
+
+from __future__ import annotations
+
+import datetime
+import queue
+import threading
+from collections.abc import Iterable
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from . import layout as L
+from .codecs import CodecError
+from .layout import Geometry, StoreSpec, TokenTable
+from .storage import ChecksumStore, local_path, open_store, read_json, read_manifest, write_manifest
+
+MARKER = "ladder-cache feature store"
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be written, opened or completed as asked; the message says why."""
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ladder-cache")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class StoreWriter:
+    """Writes one feature store. Use it as a context manager::
+
+        with StoreWriter(path, spec, tokens, meta=meta, head=head) as writer:
+            writer.write(start_token, {layer: rows})  # any batch size, increasing token order
+
+    Rows are encoded as they arrive and buffered until a whole shard is present; the shard is then
+    written with its manifest (checksums + stats), which is what marks it done. On a clean exit
+    the store is finalised: ``complete`` is set last. An interrupted writer leaves an incomplete
+    store; ``resume=True`` continues it after its finished shards and never rewrites one.
+
+    ``shards`` restricts the writer to some shards (distributed extraction: each rank owns a
+    disjoint set); rows of other shards are dropped. Only a writer that owns every shard
+    finalises on exit; otherwise call :func:`finalize` once all writers are done.
+    """
+
+    def __init__(
+        self,
+        location,
+        spec: StoreSpec,
+        tokens: TokenTable,
+        *,
+        meta: list[dict] | None = None,
+        head: dict[str, np.ndarray] | None = None,
+        head_config: dict | None = None,
+        resume: bool = False,
+        shards: Iterable[int] | None = None,
+        chunk_mb: float = 2.0,
+        extra_attrs: dict | None = None,
+    ):
+        if tokens.n_tokens == 0:
+            raise StoreError("nothing to store: the dataset has no tokens")
+        if meta is not None and len(meta) != tokens.n_examples:
+            raise ValueError(f"meta has {len(meta)} entries for {tokens.n_examples} examples")
+        self.location, self.spec, self.tokens = location, spec, tokens
+        self.codec = spec.codec
+        self.fingerprint = spec.fingerprint(tokens)
+        self._store = ChecksumStore(open_store(location, writable=True))
+        existing = self._existing_attrs()
+        if existing and read_manifest(self._store, L.LAYOUT_MANIFEST) is not None:
+            if not resume:
+                raise StoreError(
+                    f"{location} holds an interrupted write of this store; resume it (--resume) or choose a new path"
+                )
+            self.group = zarr.open_group(self._store, mode="r+")
+            self.geometry = Geometry(tokens.n_tokens, existing["chunk_tokens"], existing["shard_tokens"])
+        else:
+            self.geometry = Geometry.plan(tokens.n_tokens, spec.row_bytes(), chunk_mb)
+            self.group = self._create(meta, head, head_config, extra_attrs or {})
+        self._arrays = {
+            (k, name): self.group[L.layer_path(k, name)] for k in spec.layers for name in self.codec.parts()
+        }
+        owned = set(range(self.geometry.n_shards)) if shards is None else set(shards)
+        self.owns_all = owned == set(range(self.geometry.n_shards))
+        self._todo = {j for j in owned if read_manifest(self._store, L.shard_manifest(j)) is None}
+        self._cursor = 0  # next token expected
+        self._pending: dict[int, list[dict]] = {}
+        self._stats: dict[int, list[float]] = {}
+        self._filled = -1  # first token of the current shard not yet buffered
+
+    # -- creation ---------------------------------------------------------------------------
+
+    def _existing_attrs(self) -> dict | None:
+        root = read_json(self._store, "zarr.json")
+        if root is None:
+            path = local_path(self.location)
+            if path is not None and path.exists() and any(path.iterdir()):
+                raise StoreError(f"{self.location} exists and is not a feature store; choose a new path")
+            return None
+        attrs = root.get("attributes", {})
+        if attrs.get("format") != MARKER:
+            raise StoreError(f"{self.location} exists and is not a feature store; choose a new path")
+        if attrs.get("fingerprint") != self.fingerprint:
+            raise StoreError(
+                f"{self.location} holds a different store (fingerprint {attrs.get('fingerprint', '?')[:12]}); "
+                "choose a new path"
+            )
+        if attrs.get("complete"):
+            raise StoreError(f"{self.location} already holds this complete store; nothing to write")
+        return attrs
+
+    def _create(self, meta, head, head_config, extra_attrs) -> zarr.Group:
+        """Creates the group, the token layout and head, then the layout manifest (which marks
+        creation done: a cut-off creation is simply redone)."""
+        spec, geo, tokens = self.spec, self.geometry, self.tokens
+        group = zarr.open_group(self._store, mode="w")
+        group.attrs.put(
+            {
+                "format": MARKER,
+                "format_version": L.FORMAT_VERSION,
+                "fingerprint": self.fingerprint,
+                "complete": False,
+                "created": now(),
+                "tool_version": tool_version(),
+                **spec.source,
+                "layers": list(spec.layers),
+                "hidden_size": spec.hidden_size,
+                "codec": spec.codec.spec,
+                "tokens_digest": tokens.digest,
+                "n_examples": tokens.n_examples,
+                "n_tokens": tokens.n_tokens,
+                "chunk_tokens": geo.chunk_tokens,
+                "shard_tokens": geo.shard_tokens,
+                **extra_attrs,
+            }
+        )
+        self._array(group, L.OFFSETS, tokens.offsets, chunks=(max(1, len(tokens.offsets)),))
+        self._array(group, L.INPUT_IDS, tokens.input_ids)
+        self._array(group, L.LOSS_MASK, tokens.loss_mask)
+        meta_strings = [_json(m) for m in (meta or [{}] * tokens.n_examples)]
+        group.create_array(L.META, shape=(tokens.n_examples,), dtype=str, chunks=(max(1, tokens.n_examples),))
+        group[L.META][:] = np.array(meta_strings, dtype=object)
+        head_group = group.require_group(L.HEAD)
+        head_group.attrs.put(head_config or {})
+        for name, weight in (head or {}).items():
+            self._array(head_group, name, np.asarray(weight), chunks=weight.shape)
+        for k in spec.layers:
+            for name, part in spec.codec.parts().items():
+                width = () if part.width is None else (spec.hidden_size if part.width == "hidden" else part.width,)
+                chunks = (geo.chunk_tokens if part.width == "hidden" else geo.shard_tokens, *width)
+                shards = (geo.shard_tokens, *width) if part.width == "hidden" else None
+                group.create_array(
+                    L.layer_path(k, name),
+                    shape=(tokens.n_tokens, *width),
+                    dtype=part.dtype,
+                    chunks=chunks,
+                    shards=shards,
+                    compressors=[ZstdCodec(level=1)],
+                    fill_value=0,
+                    config={"write_empty_chunks": True},
+                    dimension_names=("token", "channel")[: 1 + len(width)],
+                )
+        group.require_group("manifest")
+        write_manifest(self._store, L.LAYOUT_MANIFEST, {"checksums": dict(self._store.digests)})
+        self._store.digests.clear()
+        return group
+
+    def _array(self, group, path, data, chunks=None):
+        chunks = chunks or (self.geometry.shard_tokens,)
+        array = group.create_array(
+            path,
+            shape=data.shape,
+            dtype=data.dtype,
+            chunks=tuple(max(1, c) for c in chunks),
+            compressors=[ZstdCodec(level=1)],
+            fill_value=0,
+            config={"write_empty_chunks": True},
+        )
+        if data.size:
+            array[...] = data
+
+    # -- writing ----------------------------------------------------------------------------
+
+    @property
+    def first_missing_token(self) -> int | None:
+        """Where a resumed producer must restart: the first token of the first unfinished shard."""
+        return self.geometry.shard_range(min(self._todo))[0] if self._todo else None
+
+    @property
+    def done(self) -> bool:
+        return not self._todo
+
+    def write(self, start: int, rows: dict[int, np.ndarray]) -> None:
+        """Rows for tokens [start, start + n) of every layer. Tokens already written (earlier
+        shards, a resumed run) or owned by another writer are dropped."""
+        if set(rows) != set(self.spec.layers):
+            raise ValueError(f"expected layers {list(self.spec.layers)}, got {sorted(rows)}")
+        n = len(next(iter(rows.values())))
+        for k, x in rows.items():
+            if x.shape != (n, self.spec.hidden_size):
+                raise ValueError(f"layer {k}: expected shape ({n}, {self.spec.hidden_size}), got {x.shape}")
+        end = start + n
+        if end > self.tokens.n_tokens:
+            raise ValueError(f"tokens {start}..{end} run past the store's {self.tokens.n_tokens} tokens")
+        pos = max(start, self._cursor)
+        while pos < end:
+            shard = self.geometry.shard_of(pos)
+            lo, hi = self.geometry.shard_range(shard)
+            stop = min(hi, end)
+            if shard in self._todo:
+                if pos != (lo if self._filled < 0 else self._filled):
+                    raise ValueError(f"tokens {lo if self._filled < 0 else self._filled}..{pos} were never written")
+                self._buffer(shard, {k: x[pos - start : stop - start] for k, x in rows.items()})
+                self._filled = stop
+                if stop == hi:
+                    self._flush(shard)
+            pos = stop
+        self._cursor = max(self._cursor, end)
+
+    def _buffer(self, shard: int, rows: dict[int, np.ndarray]) -> None:
+        for k, x in rows.items():
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            absmax = float(np.abs(x).max(initial=0))
+            if not np.isfinite(absmax):
+                raise CodecError(f"layer {k}: hidden states contain inf or nan")
+            if absmax > self.codec.max_abs:
+                raise CodecError(
+                    f"layer {k}: values reach {absmax:.6g}, beyond codec {self.codec.name}'s range "
+                    f"(±{self.codec.max_abs:g}); use --codec bf16 (same size, float32 range)"
+                )
+            stat = self._stats.setdefault(k, [0.0, 0.0])
+            stat[0] = max(stat[0], absmax)
+            stat[1] += float(np.einsum("ij,ij->i", x, x).sum(dtype=np.float64))
+            self._pending.setdefault(k, []).append(self.codec.encode(x))
+
+    def _flush(self, shard: int) -> None:
+        lo, hi = self.geometry.shard_range(shard)
+        keys = []
+        for k in self.spec.layers:
+            chunks = self._pending.pop(k)
+            for name in self.codec.parts():
+                array = self._arrays[(k, name)]
+                array[lo:hi] = np.concatenate([c[name] for c in chunks])
+                keys.append(f"{array.path}/{array.metadata.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))}")
+        stats = {str(k): {"absmax": a, "sumsq": s} for k, (a, s) in self._stats.items()}
+        checksums = {key: self._store.digests.pop(key) for key in keys}
+        write_manifest(self._store, L.shard_manifest(shard), {"tokens": [lo, hi], "checksums": checksums, "stats": stats})
+        self._todo.discard(shard)
+        self._stats.clear()
+        self._filled = -1
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def close(self, extra_stats: dict | None = None) -> None:
+        """Finalises the store if this writer owns every shard and all are written."""
+        if self._todo:
+            missing = self.geometry.shard_range(min(self._todo))[0]
+            raise StoreError(f"writer closed before token {missing} was written; the store stays incomplete")
+        if self.owns_all:
+            finalize(self.location, extra_stats)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def finalize(location, extra_stats: dict | None = None) -> dict:
+    """Completes a store whose shards are all written: aggregates stats, then sets ``complete``."""
+    store = open_store(location, writable=True)
+    group = zarr.open_group(store, mode="r+")
+    attrs = dict(group.attrs)
+    geometry = Geometry(attrs["n_tokens"], attrs["chunk_tokens"], attrs["shard_tokens"])
+    manifests = [read_manifest(store, L.shard_manifest(j)) for j in range(geometry.n_shards)]
+    missing = [j for j, m in enumerate(manifests) if m is None]
+    if missing:
+        raise StoreError(f"cannot complete {location}: {len(missing)} shards unwritten (first: shard {missing[0]})")
+    hidden = attrs["hidden_size"]
+    layers = {}
+    for k in attrs["layers"]:
+        shard_stats = [m["stats"][str(k)] for m in manifests]
+        layers[str(k)] = {
+            "absmax": max(s["absmax"] for s in shard_stats),
+            "rms": float(np.sqrt(sum(s["sumsq"] for s in shard_stats) / (attrs["n_tokens"] * hidden))),
+        }
+    stats = {"n_tokens": attrs["n_tokens"], "n_examples": attrs["n_examples"], "layers": layers, **(extra_stats or {})}
+    group.attrs.update({"stats": stats, "completed": now(), "complete": True})
+    return stats
+
+
+def _json(obj) -> str:
+    from .fingerprint import canonical_json
+
+    return canonical_json(obj)
+
+
+class BackgroundWriter:
+    """Runs a writer's ``write`` calls on a thread, so the producer (a model) never waits on
+    encoding or disk. A bounded queue gives back-pressure; a writer error is raised in the
+    producer at its next call."""
+
+    def __init__(self, writer: StoreWriter, max_pending: int = 4):
+        self.writer = writer
+        self._queue: queue.Queue = queue.Queue(max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self.writer.write(*item)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the producer
+                    self._error = e
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def write(self, start: int, rows: dict[int, np.ndarray]) -> None:
+        self._raise()
+        self._queue.put((start, rows))
+
+    def join(self) -> None:
+        """Waits for every queued write; raises the writer's error if one happened."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.join()
+        else:  # stop the thread; finished shards stay done, the store stays incomplete
+            self._error = self._error or exc
+            self._queue.put(None)
+            self._thread.join()

@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+import zarr
+from zarr.storage import LocalStore, WrapperStore
+
+from featurestore import FeatureStore, StoreError
+from tests.featurestore import synth
+
+
+class RecordingStore(WrapperStore):
+    """Remembers every key read through it."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.keys: set[str] = set()
+
+    async def get(self, key, prototype, byte_range=None):
+        self.keys.add(key)
+        return await self._store.get(key, prototype, byte_range)
+
+    async def get_partial_values(self, prototype, key_ranges):
+        key_ranges = list(key_ranges)
+        self.keys.update(k for k, _ in key_ranges)
+        return await self._store.get_partial_values(prototype, key_ranges)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("r") / "s.zarr"
+    tokens = synth.token_table()
+    synth.write_store(path, tokens)
+    return path
+
+
+def test_reading_some_layers_never_touches_the_others(store_path):
+    recorder = RecordingStore(LocalStore(store_path, read_only=True))
+    store = FeatureStore(zarr.open_group(recorder, mode="r"), str(store_path))
+    store.example(3, layers=[1])
+    store.examples(range(10, 20), layers=[1])
+    store.tokens(0, store.n_tokens, layers=[1])
+    touched = {k.split("/")[1] for k in recorder.keys if k.startswith("layers/")}
+    assert touched == {"1"}
+    assert any(k.startswith("layers/1/codes/c/") for k in recorder.keys)
+
+
+def test_unknown_layers_are_a_clear_error(store_path):
+    with pytest.raises(KeyError, match=r"layers \[7\] are not in this store"):
+        FeatureStore.open(store_path).example(0, layers=[7])
+
+
+def test_incomplete_and_wrong_version_stores_are_refused(tmp_path, store_path):
+    import shutil
+
+    for name, change in [("incomplete", {"complete": False}), ("future", {"format_version": 2})]:
+        path = tmp_path / f"{name}.zarr"
+        shutil.copytree(store_path, path)
+        meta = json.loads((path / "zarr.json").read_text())
+        meta["attributes"].update(change)
+        (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="incomplete.*extract --resume"):
+        FeatureStore.open(tmp_path / "incomplete.zarr")
+    assert FeatureStore.open(tmp_path / "incomplete.zarr", allow_incomplete=True).n_examples > 0
+    with pytest.raises(StoreError, match="format version 2.*reads version 1"):
+        FeatureStore.open(tmp_path / "future.zarr")
+    with pytest.raises(StoreError, match="no feature store"):
+        FeatureStore.open(tmp_path / "missing.zarr")
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    with pytest.raises(StoreError, match="not a feature store"):
+        FeatureStore.open(tmp_path / "plain.zarr")
+
+
+def test_lossy_store_reads_within_the_codec_bound(store_path):
+    tokens = synth.token_table()
+    data = synth.states(tokens)
+    got = FeatureStore.open(store_path).tokens(0, tokens.n_tokens).hidden
+    for k, x in data.items():
+        err = np.linalg.norm(got[k] - x, axis=1) / np.linalg.norm(x, axis=1)
+        assert err.max() <= 0.069 / np.sqrt(12) * 1.05
