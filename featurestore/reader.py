@@ -141,15 +141,23 @@ class FeatureStore:
         return self.tokens(int(self.offsets[i]), int(self.offsets[i + 1]), layers)
 
     def examples(self, indices, layers=None) -> Tokens:
-        """Examples concatenated in the given order; contiguous runs are read in one request."""
+        """Examples concatenated in the given order. When they lie close together (a block of a
+        length-sorted store, minus a few held-out examples) the covering token range is read in
+        one request per array and the rows gathered, rather than one request per run."""
         indices = np.asarray(list(indices), dtype=np.int64)
-        runs = _contiguous_runs(indices)
-        parts = [self.tokens(int(self.offsets[a]), int(self.offsets[b]), layers) for a, b in runs]
+        if len(indices) == 0:
+            raise ValueError("no examples requested")
         lengths = self.lengths[indices]
         offsets = np.concatenate([[0], np.cumsum(lengths)])
-        if len(parts) == 1:
-            parts[0].offsets = offsets
-            return parts[0]
+        lo, hi = int(self.offsets[indices.min()]), int(self.offsets[indices.max() + 1])
+        if hi - lo <= 2 * offsets[-1]:
+            block = self.tokens(lo, hi, layers)
+            rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in indices]) - lo
+            if len(rows) == hi - lo and (rows == np.arange(hi - lo)).all():
+                block.offsets = offsets
+                return block
+            return Tokens(block.input_ids[rows], block.loss_mask[rows], {k: h[rows] for k, h in block.hidden.items()}, offsets)
+        parts = [self.examples(range(a, b), layers) for a, b in _contiguous_runs(indices)]
         return Tokens(
             input_ids=np.concatenate([p.input_ids for p in parts]),
             loss_mask=np.concatenate([p.loss_mask for p in parts]),

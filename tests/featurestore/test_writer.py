@@ -49,6 +49,9 @@ def test_ragged_layout_round_trips_examples_and_meta(tmp_path):
     expected = np.concatenate([data[3][tokens.offsets[i] : tokens.offsets[i + 1]] for i in (5, 6, 7, 2)])
     assert np.array_equal(batch.hidden[3], expected)
     assert batch.offsets.tolist() == np.concatenate([[0], np.cumsum(np.diff(tokens.offsets)[[5, 6, 7, 2]])]).tolist()
+    far = [tokens.n_examples - 1, 0, 1]  # far apart: read run by run, not the whole span
+    expected = np.concatenate([data[0][tokens.offsets[i] : tokens.offsets[i + 1]] for i in far])
+    assert np.array_equal(store.examples(far, layers=[0]).hidden[0], expected)
     weights, _ = store.head()
     assert np.array_equal(weights["lm_head.weight"], synth.head()["lm_head.weight"])
 
