@@ -1,0 +1,1 @@
+"""Training side networks (Ladder, xLadder) from a feature store."""

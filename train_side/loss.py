@@ -1,0 +1,68 @@
+"""Next-token cross-entropy on the target tokens through the frozen LM head, in bounded memory.
+
+Logits over the vocabulary dominate memory (V = 49152 x tokens), so they are computed only at the
+positions that predict a target, a chunk of rows at a time, and the gradient wrt y is computed in
+the same pass: at most one chunk of logits is ever alive and nothing of them is kept for backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .model import FrozenHead
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean over rows of cross_entropy(softcap(y @ W.T + b), targets); gradient for y only (W, b are frozen)."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, softcap: float | None,
+                chunk_size: int) -> Tensor:
+        n = len(y)
+        loss_sum = y.new_zeros(())
+        grad = torch.zeros_like(y) if ctx.needs_input_grad[0] else None
+        for start in range(0, n, chunk_size):
+            rows = slice(start, start + chunk_size)
+            logits = F.linear(y[rows], weight, bias)  # (chunk, V)
+            if softcap is not None:
+                logits = softcap * torch.tanh(logits / softcap)
+            target = targets[rows, None]  # (chunk, 1)
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (chunk, 1)
+            loss_sum += (lse - logits.gather(1, target)).sum()
+            if grad is not None:
+                dlogits = (logits - lse).exp()  # softmax
+                dlogits.scatter_add_(1, target, -torch.ones_like(lse))  # softmax - onehot
+                if softcap is not None:
+                    dlogits *= 1 - (logits / softcap) ** 2  # d softcap(x) / dx = 1 - tanh^2
+                grad[rows] = dlogits @ weight  # (chunk, d)
+        ctx.save_for_backward(None if grad is None else grad / n)
+        return loss_sum / n
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output, None, None, None, None, None
+
+
+def linear_cross_entropy(y: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None,
+                         softcap: float | None = None, chunk_size: int = 1024) -> Tensor:
+    """Mean cross-entropy of the logits softcap(y @ weight.T + bias) of y (N, d) against targets (N,),
+    with weight (V, d) frozen; peak memory is one (chunk_size, V) block of logits."""
+    return LinearCrossEntropy.apply(y, weight, bias, targets, softcap, chunk_size)
+
+
+def next_token_loss(y: Tensor, input_ids: Tensor, loss_mask: Tensor, head: FrozenHead,
+                    chunk_size: int = 1024) -> Tensor:
+    """Mean next-token cross-entropy over the target tokens of a batch.
+
+    y (B, T, d): side network output; input_ids, loss_mask (B, T): loss_mask 1 on target tokens, 0 on
+    prompts and padding. Position t - 1 predicts token t, so a target at position 0 is never scored.
+    """
+    predicts = loss_mask[:, 1:].bool()  # (B, T - 1): position t predicts a target at t + 1
+    if not predicts.any():
+        raise ValueError("the batch has no target tokens to score")
+    y_sel = y[:, :-1][predicts]  # (N, d)
+    targets = input_ids[:, 1:][predicts].long()  # (N,)
+    return linear_cross_entropy(y_sel, head.weight, targets, head.bias, head.softcap, chunk_size)

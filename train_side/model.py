@@ -1,0 +1,326 @@
+"""The side network of Ladder Side Tuning, in its Ladder and xLadder forms, and the frozen LM head.
+
+A side network reads a few hidden states h_k of a frozen backbone (L blocks, width d; h_0 is the
+embedding output, h_L the post-final-norm state) and computes y (B, T, d) for the backbone's frozen
+LM head. Ladder: the side state starts from h_0 and each side block first takes a "ladder" from its
+tap h_t. xLadder(delta): it starts from h_{L-delta} and has 2 * delta blocks; the first delta take
+ladders from h_{L-delta+1} .. h_L, the last delta take none::
+
+    s = down_0(h_initial)                               # (B, T, d) -> (B, T, d_s)
+    for block i:
+        mu_i = sigmoid(alpha_i / temperature)           # only for blocks with a ladder
+        s = mu_i * s + (1 - mu_i) * down_i(h_{tap_i})
+        s = Block_i(s)
+    out = up(norm(s))                                   # (B, T, d)
+    y = (1 - z) * out + z * h_L,  z = sigmoid(beta)     # with mix; else y = out
+
+Each down_i is RMSNorm then a linear map: the norm tames the "massive activations" of real residual
+streams (single values ~1e4 in a few tokens) that would otherwise swamp the side state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KINDS = ("ladder", "xladder")
+
+
+@dataclass
+class SideConfig:
+    """A Ladder or xLadder side network; JSON round-trips as ``SideConfig(**asdict(config))``."""
+
+    n_layers: int  # backbone blocks L
+    hidden_size: int  # backbone width d
+    intermediate_size: int  # backbone MLP width
+    kind: str = "ladder"  # "ladder" | "xladder"
+    taps: list[int] | None = None  # ladder: backbone blocks feeding a ladder (None: see `every`)
+    every: int = 1  # ladder without taps: every k-th block counted down from L, so L is always a tap
+    delta: int = 2  # xladder: top blocks tapped; the side network has 2 * delta blocks
+    reduction: int = 8  # r: side width d / r, side MLP width intermediate_size / r
+    side_width: int | None = None  # overrides d / r (the MLP width keeps the backbone's ratio)
+    n_heads: int | None = None  # default: side width // 32, at least 1
+    gate_temperature: float = 0.1  # T in mu = sigmoid(alpha / T): a small T makes the gates learn fast
+    mix: bool = True  # mix the output with h_L through a learned per-channel gate
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.taps is not None:
+            self.taps = list(self.taps)  # a tuple would not survive the JSON round trip
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
+        if self.n_layers < 1:
+            raise ValueError(f"n_layers must be at least 1, not {self.n_layers}")
+        self._check_taps()
+        if self.side_width is None and (self.reduction < 1 or self.hidden_size % self.reduction):
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by reduction {self.reduction}")
+        if self.width < 1 or self.mlp_width < 1:
+            raise ValueError(f"side width {self.width} and MLP width {self.mlp_width} must be positive")
+        if self.heads < 1 or self.width % self.heads or (self.width // self.heads) % 2:
+            raise ValueError(f"side width {self.width} must split into {self.heads} heads of even size (RoPE); "
+                             "set n_heads")
+        if self.gate_temperature <= 0:
+            raise ValueError(f"gate_temperature must be positive, not {self.gate_temperature}")
+
+    def _check_taps(self):
+        L = self.n_layers
+        if self.kind == "xladder":
+            if self.taps is not None or self.every != 1:
+                raise ValueError("taps and every are Ladder options; xLadder taps the top delta blocks")
+            if not 1 <= self.delta <= L:
+                raise ValueError(f"delta must be in 1..{L}, not {self.delta}")
+        elif self.taps is None:
+            if not 1 <= self.every <= L:
+                raise ValueError(f"every must be in 1..{L}, not {self.every}")
+        elif self.every != 1:
+            raise ValueError("give taps or every, not both")
+        elif not self.taps or self.taps != sorted(set(self.taps)) or not 1 <= self.taps[0] <= self.taps[-1] <= L:
+            raise ValueError(f"taps must be a non-empty increasing list of blocks in 1..{L}, not {self.taps}")
+
+    @property
+    def width(self) -> int:
+        return self.side_width if self.side_width is not None else self.hidden_size // self.reduction
+
+    @property
+    def heads(self) -> int:
+        return self.n_heads if self.n_heads is not None else max(1, self.width // 32)
+
+    @property
+    def mlp_width(self) -> int:
+        return self.intermediate_size * self.width // self.hidden_size
+
+    @property
+    def initial(self) -> int:
+        """The hidden state the side state starts from."""
+        return 0 if self.kind == "ladder" else self.n_layers - self.delta
+
+    @property
+    def ladders(self) -> tuple[int, ...]:
+        """The hidden state feeding each ladder, in side-block order."""
+        L = self.n_layers
+        if self.kind == "xladder":
+            return tuple(range(L - self.delta + 1, L + 1))
+        if self.taps is not None:
+            return tuple(self.taps)
+        return tuple(reversed(range(L, 0, -self.every)))
+
+    @property
+    def n_blocks(self) -> int:
+        return 2 * self.delta if self.kind == "xladder" else len(self.ladders)
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        """Every hidden-state index forward reads, so a data loader can read only those."""
+        mixed = (self.n_layers,) if self.mix else ()
+        return tuple(sorted({self.initial, *self.ladders, *mixed}))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()  # the squares of massive activations overflow half precision
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class Down(nn.Module):
+    """A backbone hidden state into the side network: its own RMSNorm, then d -> d_s."""
+
+    def __init__(self, config: SideConfig):
+        super().__init__()
+        self.norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.proj = nn.Linear(config.hidden_size, config.width, bias=False)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.proj(self.norm(h))
+
+
+class KVCache:
+    """Keys and values of every side block, grown by each forward call during generation."""
+
+    def __init__(self):
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def update(self, block: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Appends k, v (B, H, T, hd) of a side block; returns all of its keys and values so far."""
+        if block == len(self.keys):
+            self.keys.append(k)
+            self.values.append(v)
+        else:
+            self.keys[block] = torch.cat([self.keys[block], k], dim=2)
+            self.values[block] = torch.cat([self.values[block], v], dim=2)
+        return self.keys[block], self.values[block]
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    return (x * cos + rotate_half(x) * sin).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: SideConfig):
+        super().__init__()
+        self.n_heads = config.heads
+        self.qkv = nn.Linear(config.width, 3 * config.width, bias=False)
+        self.proj = nn.Linear(config.width, config.width, bias=False)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: KVCache | None,
+                block: int) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(block, k, v)  # (B, H, past + T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    """SwiGLU, as in Llama."""
+
+    def __init__(self, config: SideConfig):
+        super().__init__()
+        self.gate = nn.Linear(config.width, config.mlp_width, bias=False)
+        self.up = nn.Linear(config.width, config.mlp_width, bias=False)
+        self.down = nn.Linear(config.mlp_width, config.width, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    """A pre-norm Llama decoder block at the side width."""
+
+    def __init__(self, config: SideConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.width, config.norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = RMSNorm(config.width, config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: KVCache | None,
+                block: int) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, mask, cache, block)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class SideNetwork(nn.Module):
+    """The trainable side network. Its state_dict is the whole checkpoint: the head stays outside."""
+
+    def __init__(self, config: SideConfig):
+        super().__init__()
+        self.config = config
+        self.down = nn.ModuleList(Down(config) for _ in range(1 + len(config.ladders)))  # initial, then ladders
+        self.alpha = nn.Parameter(torch.zeros(len(config.ladders)))  # ladder gates: mu = 0.5 at init
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_blocks))
+        self.norm = RMSNorm(config.width, config.norm_eps)
+        self.up = nn.Linear(config.width, config.hidden_size, bias=False)
+        # Linear layers keep PyTorch's fan-in scaled init, which suits every side width (4 .. 256+).
+        # up starts at zero (like LoRA's B): at init y = z * h_L, and no random output is mixed in.
+        nn.init.zeros_(self.up.weight)
+        if config.mix:
+            self.beta = nn.Parameter(torch.zeros(config.hidden_size))  # mix gate: z = 0.5 at init
+        head_dim = config.width // config.heads
+        inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, hidden: dict[int, Tensor], cache: KVCache | None = None,
+                attention_mask: Tensor | None = None) -> Tensor:
+        """hidden[k]: (B, T, d) backbone hidden state k for every k in config.inputs. Returns y (B, T, d),
+        the input of the frozen LM head.
+
+        Training: right-padded batches, no mask (causal attention keeps real tokens from padding).
+        Generation: ``cache`` holds the side blocks' keys and values of earlier calls; ``attention_mask``
+        (B, past + T) marks real tokens with 1 and (left) padding with 0.
+        """
+        c = self.config
+        s = self.down[0](hidden[c.initial])  # (B, T, d_s)
+        B, T, _ = s.shape
+        past = cache.length if cache is not None else 0
+        mask = None if attention_mask is None and past == 0 else self.causal_mask(B, T, past, attention_mask)
+        rope = self.rope(self.positions(B, T, past, attention_mask))  # 2 x (B, 1, T, hd)
+        mu = torch.sigmoid(self.alpha / c.gate_temperature)  # (n_ladders,)
+        for i, block in enumerate(self.blocks):
+            if i < len(c.ladders):
+                s = mu[i] * s + (1 - mu[i]) * self.down[i + 1](hidden[c.ladders[i]])
+            s = block(s, rope, mask, cache, i)
+        out = self.up(self.norm(s))  # (B, T, d)
+        if not c.mix:
+            return out
+        z = torch.sigmoid(self.beta)  # (d,)
+        return (1 - z) * out + z * hidden[c.n_layers]
+
+    def positions(self, B: int, T: int, past: int, attention_mask: Tensor | None) -> Tensor:
+        """(B, T) RoPE positions of the new tokens; counted over real tokens only, so that a
+        left-padded sequence gets the positions it has unpadded."""
+        if attention_mask is None:
+            return torch.arange(past, past + T, device=self.inv_freq.device).expand(B, T)
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+
+    def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        angles = positions[..., None].float() * self.inv_freq  # (B, T, hd / 2)
+        angles = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, T, hd)
+        return angles.cos(), angles.sin()
+
+    def causal_mask(self, B: int, T: int, past: int, attention_mask: Tensor | None) -> Tensor:
+        """(B, 1, T, past + T) boolean: causal, and no real token attends to padding."""
+        total = past + T
+        if attention_mask is None:
+            attention_mask = torch.ones(B, total, dtype=torch.bool, device=self.inv_freq.device)
+        if attention_mask.shape != (B, total):
+            raise ValueError(f"attention_mask must be (batch, cached + new tokens) = {(B, total)}, "
+                             f"not {tuple(attention_mask.shape)}")
+        query = torch.arange(past, total, device=attention_mask.device)[:, None]
+        key = torch.arange(total, device=attention_mask.device)[None, :]
+        # padding attends to itself: some SDPA backends give NaN for a fully masked row, and a NaN value
+        # leaks into every later query through its zero attention weight
+        return (key <= query) & (attention_mask[:, None, None, :].bool() | (key == query))
+
+
+class FrozenHead(nn.Module):
+    """The backbone's LM head (and optional Gemma-2 logit softcap), never trained.
+
+    Built from a feature store's ``head()``. It stays outside the SideNetwork so that one head serves
+    every side network trained from a store and a side checkpoint holds the side network only; its
+    weights are non-persistent buffers, so they move with ``.to(device)`` but are never saved.
+    """
+
+    def __init__(self, weights: dict[str, np.ndarray], config: dict):
+        super().__init__()
+        self.register_buffer("weight", float32(weights["lm_head.weight"]), persistent=False)  # (V, d)
+        self.register_buffer("bias", float32(weights.get("lm_head.bias")), persistent=False)  # (V,)
+        # the backbone's final norm, kept for reference only: h_L is already post-norm
+        self.register_buffer("norm_weight", float32(weights.get("norm.weight")), persistent=False)  # (d,)
+        self.softcap: float | None = config.get("logit_softcap")
+
+    def forward(self, y: Tensor) -> Tensor:
+        logits = F.linear(y, self.weight, self.bias)  # (..., V)
+        if self.softcap is not None:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return logits
+
+
+def float32(array: np.ndarray | None) -> Tensor | None:
+    """A float32 copy: arrays read from a store may be read-only."""
+    return None if array is None else torch.tensor(array, dtype=torch.float32)
