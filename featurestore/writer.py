@@ -190,13 +190,14 @@ class StoreWriter:
     # -- writing ----------------------------------------------------------------------------
 
     @property
-    def first_missing_token(self) -> int | None:
-        """Where a resumed producer must restart: the first token of the first unfinished shard."""
-        return self.geometry.shard_range(min(self._todo))[0] if self._todo else None
-
-    @property
     def done(self) -> bool:
         return not self._todo
+
+    def needs(self, start: int, stop: int) -> bool:
+        """Whether tokens [start, stop) touch a shard this writer still has to write: a resumed
+        or distributed producer skips the batches that don't."""
+        first, last = self.geometry.shard_of(start), self.geometry.shard_of(max(start, stop - 1))
+        return any(j in self._todo for j in range(first, last + 1))
 
     def write(self, start: int, rows: dict[int, np.ndarray]) -> None:
         """Rows for tokens [start, start + n) of every layer. Tokens already written (earlier

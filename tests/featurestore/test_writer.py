@@ -10,7 +10,6 @@ import pytest
 import zarr
 
 from featurestore import BackgroundWriter, CodecError, FeatureStore, StoreError, StoreWriter, finalize, verify
-from featurestore import layout as L
 from tests.featurestore import synth
 
 REPO = Path(__file__).resolve().parents[2]
@@ -187,6 +186,8 @@ def test_disjoint_shard_writers_then_finalize_equal_one_writer(tmp_path):
     n = first.geometry.n_shards
     for rank in range(2):
         w = StoreWriter(path, synth.spec(), tokens, **kw, resume=True, shards=range(rank, n, 2))
+        lo, hi = w.geometry.shard_range(rank)
+        assert w.needs(lo, hi) and not w.needs(*w.geometry.shard_range(1 - rank)) and w.needs(hi - 1, hi + 1)
         w.write(0, data)
         w.close()
     assert not FeatureStore.open(path, allow_incomplete=True).complete
