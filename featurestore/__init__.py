@@ -3,6 +3,7 @@
 numpy + zarr only (no torch), so anyone can read a store. See ``layout`` for the format.
 """
 
+from . import catalog
 from .codecs import CODECS, DEFAULT_LOSSY, Codec, CodecError, get_codec
 from .layout import FORMAT_VERSION, Geometry, StoreSpec, TokenTable
 from .reader import FeatureStore, Tokens
@@ -10,7 +11,7 @@ from .verify import Problem, verify
 from .writer import BackgroundWriter, StoreError, StoreWriter, finalize
 
 __all__ = [
-    "CODECS", "DEFAULT_LOSSY", "FORMAT_VERSION", "BackgroundWriter", "Codec", "CodecError", "FeatureStore",
+    "catalog", "CODECS", "DEFAULT_LOSSY", "FORMAT_VERSION", "BackgroundWriter", "Codec", "CodecError", "FeatureStore",
     "Geometry", "Problem", "StoreError", "StoreSpec", "StoreWriter", "TokenTable", "Tokens", "finalize",
     "get_codec", "verify",
 ]

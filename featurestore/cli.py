@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from . import catalog
 from . import layout as L
 from .reader import FeatureStore
 from .storage import local_path, open_store, read_manifest, size_on_disk
@@ -41,7 +42,7 @@ def _describe(value) -> str:
     """A one-line summary of a source entry (model, dataset, ...) whatever its schema."""
     if not isinstance(value, dict):
         return str(value)
-    head = value.get("id") or value.get("name") or value.get("path") or ""
+    head = value.get("id") or value.get("name") or value.get("dataset") or value.get("path") or ""
     extras = [f"{k}={value[k]}" for k in ("split", "quantization", "dtype", "n_examples") if k in value]
     return " ".join([str(head), *extras]).strip()
 
@@ -61,6 +62,8 @@ def info(store: str) -> None:
     fs = _open(store)
     a = fs.attrs
     size = size_on_disk(store)
+    part_size = lambda part: size_on_disk(f"{store.rstrip('/')}/{part}")
+    per_token = part_size("layers") + part_size("tokens")
     layers = list(fs.layers)
     rows = [
         ("store", store),
@@ -75,8 +78,8 @@ def info(store: str) -> None:
         ("codec", repr(fs.codec)),
         ("examples", f"{fs.n_examples:,}"),
         ("tokens", f"{fs.n_tokens:,} ({int(fs.lengths.mean()) if fs.n_examples else 0} per example)"),
-        ("size on disk", _human(size)),
-        ("bytes/token", f"{size / fs.n_tokens:,.0f} ({size / fs.n_tokens / len(layers):,.0f} per layer)"),
+        ("size on disk", f"{_human(size)} (of which the frozen head {_human(part_size('head'))})"),
+        ("bytes/token", f"{per_token / fs.n_tokens:,.0f} ({per_token / fs.n_tokens / len(layers):,.0f} per layer)"),
         ("created", f"{a.get('created', '?')} by ladder-cache {a.get('tool_version', '?')}"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -109,7 +112,7 @@ def ls(root: str) -> None:
     elif not path.is_dir():
         raise click.ClickException(f"{root} is not a directory")
     else:
-        candidates = [str(p) for p in sorted(path.iterdir()) if (p / "zarr.json").is_file()]
+        candidates = [str(p) for p, _ in catalog.stores_in(path)]
     rows = []
     for location in candidates:
         try:

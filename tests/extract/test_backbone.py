@@ -18,18 +18,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
     BitsAndBytesConfig,
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
     GgufConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PhiConfig,
-    PhiForCausalLM,
-    PreTrainedTokenizerFast,
 )
 
 from extract import backbone as bb
@@ -43,8 +36,8 @@ from extract.backbone import (
     packaged_model_dir,
     same_backbone,
 )
+from tests.models import FF, HEADS, KV_HEADS, D, L, V, save_tiny_model, tiny_tokenizer
 
-V, D, FF, L, HEADS, KV_HEADS = 300, 64, 128, 3, 4, 2  # tiny models: vocabulary, width, MLP width, blocks
 IDS = torch.tensor([[5, 17, 42, 99, 123, 7, 250, 3], [260, 11, 12, 13, 14, 0, 0, 0]])
 MASK = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
 
@@ -60,44 +53,6 @@ def offline():
 
 
 # --- tiny models -----------------------------------------------------------------------------
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer (256 byte tokens + <eos>), no pad token."""
-    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab["<eos>"] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
-
-
-def tiny_config(architecture: str):
-    common = dict(vocab_size=V, hidden_size=D, intermediate_size=FF, num_hidden_layers=L,
-                  num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=64)
-    if architecture == "llama":  # tied embeddings
-        return LlamaForCausalLM, LlamaConfig(**common, tie_word_embeddings=True)
-    if architecture == "gemma3":  # RMSNorm by (1 + weight), a logit softcap, sliding attention
-        layer_types = ["sliding_attention", "full_attention", "sliding_attention"]
-        return Gemma3ForCausalLM, Gemma3TextConfig(**common, head_dim=16, sliding_window=4, layer_types=layer_types,
-                                                   final_logit_softcapping=3.0)
-    if architecture == "phi":  # LayerNorm with bias, lm_head with bias, untied
-        return PhiForCausalLM, PhiConfig(**common, tie_word_embeddings=False)
-    raise ValueError(architecture)
-
-
-def save_tiny_model(directory: Path, architecture: str, seed: int = 0) -> Path:
-    """A seeded random model with random norms and biases (so a head that forgot one fails), and the
-    tiny tokenizer, saved as a Hugging Face directory."""
-    model_class, config = tiny_config(architecture)
-    torch.manual_seed(seed)
-    model = model_class(config)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.ndim == 1:
-                parameter.normal_(0.0, 0.5)
-    model.save_pretrained(directory)
-    tiny_tokenizer().save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +135,7 @@ def test_info_is_json_and_describes_the_model(tiny_dirs):
     expected = {
         "architecture": "LlamaForCausalLM", "model_type": "llama", "dtype": "float32", "quantization": "none",
         "n_layers": L, "hidden_size": D, "intermediate_size": FF, "vocab_size": V, "num_attention_heads": HEADS,
-        "max_position_embeddings": 64,
+        "max_position_embeddings": 512,
     }
     assert {k: info[k] for k in expected} == expected
     assert len(info["weights_hash"]) == 64

@@ -1,0 +1,49 @@
+"""The extraction loop: the backbone runs over planned batches, a background thread stores them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from featurestore import BackgroundWriter, StoreWriter, TokenTable
+
+
+def padded_batch(tokens: TokenTable, first: int, last: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Examples [first, last) right-padded: input_ids and attention_mask, both (B, T)."""
+    offsets = tokens.offsets
+    lengths = np.diff(offsets[first : last + 1])
+    ids = np.full((len(lengths), lengths.max()), pad_id, dtype=np.int64)
+    mask = np.arange(lengths.max()) < lengths[:, None]
+    ids[mask] = tokens.input_ids[offsets[first] : offsets[last]]
+    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
+
+
+def extract_batches(
+    backbone,
+    tokens: TokenTable,
+    layers: tuple[int, ...],
+    batches: list[tuple[int, int]],
+    writer: StoreWriter,
+    progress: Callable[[int], None] = lambda n: None,
+) -> int:
+    """Runs the backbone over every batch the writer still needs and writes its hidden states
+    (padding stripped) through a background thread, so the model never waits on encoding or disk.
+    Returns the number of tokens computed."""
+    pad_id = backbone.tokenizer.pad_token_id
+    computed = 0
+    with BackgroundWriter(writer, max_pending=2) as background:
+        for first, last in batches:
+            start, stop = int(tokens.offsets[first]), int(tokens.offsets[last])
+            if not writer.needs(start, stop):
+                continue
+            ids, mask = padded_batch(tokens, first, last, pad_id)
+            states = backbone.hidden_states(ids.to(backbone.device), mask.to(backbone.device))
+            real = mask.to(backbone.device).bool()
+            rows = torch.stack([states[k] for k in layers])[:, real]  # (n_layers, tokens, d), store order
+            rows = rows.float().cpu().numpy()
+            background.write(start, dict(zip(layers, rows)))
+            computed += stop - start
+            progress(stop - start)
+    return computed
