@@ -127,9 +127,10 @@ class Int8(Codec):
 class Int8Outlier(Codec):
     """int8 codes plus exact outliers: the default lossy codec.
 
-    Per token, the ``outliers`` largest-magnitude values are kept exactly (float32 + channel id).
-    The rest is quantised on a uniform grid whose step is
-    ``min(step * rms(rest), max_step * rms(row))``, widened if needed so int8 never saturates.
+    Per token, the ``outliers`` largest-magnitude values are kept (channel id + the value as a
+    float16 multiple of the step: 2^-11 relative precision, whatever the magnitude). The rest is
+    quantised on a uniform grid whose step is ``min(step * rms(rest), max_step * rms(row))``,
+    widened if needed so int8 never saturates and outliers fit float16.
     Uniform quantisation error is step/sqrt(12), so every token's relative RMS error is at most
     ``max_step / sqrt(12)`` (2% by default) and much lower where outliers hold most of the
     energy (the massive-activation layers). No per-channel statistics: rows stay independent.
@@ -137,7 +138,7 @@ class Int8Outlier(Codec):
 
     name, lossless, summary = "int8o", False, "int8 + exact top-k outliers per token (default lossy)"
 
-    def __init__(self, outliers: int = 4, step: float = 0.1, max_step: float = 0.069):
+    def __init__(self, outliers: int = 4, step: float = 0.12, max_step: float = 0.069):
         if outliers < 0 or step <= 0 or max_step <= 0:
             raise CodecError("int8o needs outliers >= 0, step > 0 and max_step > 0")
         self.outliers, self.step, self.max_step = int(outliers), float(step), float(max_step)
@@ -151,7 +152,7 @@ class Int8Outlier(Codec):
             "codes": Part("int8", "hidden"),
             "scale": Part("float32", None),
             "outlier_index": Part("uint16", self.outliers),
-            "outlier_value": Part("float32", self.outliers),
+            "outlier_value": Part("float16", self.outliers),
         }
 
     def encode(self, x):
@@ -166,6 +167,7 @@ class Int8Outlier(Codec):
         rms_row = np.sqrt(np.einsum("ij,ij->i", x, x) / d)
         step = np.minimum(self.step * rms_rest, self.max_step * rms_row)
         step = np.maximum(step, np.abs(rest).max(axis=1, initial=0) / 127)
+        step = np.maximum(step, np.abs(value).max(axis=1, initial=0) / 60000)
         step[step == 0] = 1
         rest *= (1 / step)[:, None]
         codes = np.rint(rest, out=rest).astype(np.int8)
@@ -173,14 +175,15 @@ class Int8Outlier(Codec):
             "codes": codes,
             "scale": step.astype(np.float32),
             "outlier_index": index.astype(np.uint16),
-            "outlier_value": value,
+            "outlier_value": (value / step[:, None]).astype(np.float16),
         }
 
     def decode(self, parts):
         x = np.multiply(parts["codes"], parts["scale"][:, None], dtype=np.float32)
         if self.outliers:
             rows = np.arange(len(x))[:, None]
-            x[rows, parts["outlier_index"].astype(np.intp)] = parts["outlier_value"]
+            value = np.multiply(parts["outlier_value"], parts["scale"][:, None], dtype=np.float32)
+            x[rows, parts["outlier_index"].astype(np.intp)] = value
         return x
 
 

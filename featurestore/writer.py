@@ -163,7 +163,7 @@ class StoreWriter:
                     dtype=part.dtype,
                     chunks=chunks,
                     shards=shards,
-                    compressors=[ZstdCodec(level=1)],
+                    compressors=[ZstdCodec(level=3)],
                     fill_value=0,
                     config={"write_empty_chunks": True},
                     dimension_names=("token", "channel")[: 1 + len(width)],
@@ -180,7 +180,7 @@ class StoreWriter:
             shape=data.shape,
             dtype=data.dtype,
             chunks=tuple(max(1, c) for c in chunks),
-            compressors=[ZstdCodec(level=1)],
+            compressors=[ZstdCodec(level=3)],
             fill_value=0,
             config={"write_empty_chunks": True},
         )

@@ -33,7 +33,7 @@ def test_int8o_error_bound_holds_for_every_token_despite_massive_activations():
     per_token = np.linalg.norm(ROWS - y, axis=1) / np.linalg.norm(ROWS, axis=1)
     assert per_token.max() <= codec.max_step / np.sqrt(12) * 1.05  # 2.0% by construction
     massive = np.arange(0, 2000, 100)
-    assert np.array_equal(y[massive, 3], ROWS[massive, 3])  # outliers are kept exactly
+    assert np.allclose(y[massive, 3], ROWS[massive, 3], rtol=2**-11, atol=0)  # outliers: float16 precision
     assert np.linalg.norm(ROWS - y) / np.linalg.norm(ROWS) < 0.01
 
 
@@ -63,7 +63,7 @@ def test_int8o_handles_zero_rows_and_tiny_widths():
     x[1] = [1, -2, 3, -4]
     y = codec.roundtrip(x)
     assert np.array_equal(y[[0, 2]], x[[0, 2]])
-    assert y[1, 2:].tolist() == [3, -4]  # the two outliers, exact
+    assert np.allclose(y[1, 2:], [3, -4], rtol=2**-11, atol=0)  # the two outliers
     assert np.linalg.norm(y[1] - x[1]) / np.linalg.norm(x[1]) <= codec.max_step / np.sqrt(12)
 
 
@@ -71,7 +71,7 @@ def test_registry_errors_list_valid_names_and_parse_params():
     with pytest.raises(CodecError, match="valid codecs: fp32, fp16, bf16, int8, int8o"):
         get_codec("zfp")
     codec = get_codec("int8o:outliers=2,max_step=0.05")
-    assert codec.params == {"outliers": 2, "step": 0.1, "max_step": 0.05}
+    assert codec.params == {"outliers": 2, "step": 0.12, "max_step": 0.05}
     assert get_codec(codec.spec).params == codec.params
     with pytest.raises(CodecError, match="bad parameters"):
         get_codec("fp16:level=3")
