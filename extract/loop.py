@@ -41,9 +41,8 @@ def extract_batches(
             ids, mask = padded_batch(tokens, first, last, pad_id)
             states = backbone.hidden_states(ids.to(backbone.device), mask.to(backbone.device))
             real = mask.to(backbone.device).bool()
-            rows = torch.stack([states[k] for k in layers])[:, real]  # (n_layers, tokens, d), store order
-            rows = rows.float().cpu().numpy()
-            background.write(start, dict(zip(layers, rows)))
+            rows = {k: states[k][real].float().cpu().numpy() for k in layers}  # (tokens, d) in store order
+            background.write(start, rows)
             computed += stop - start
             progress(stop - start)
     return computed

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from featurestore import TokenTable
 
 from .data import Example
@@ -76,18 +74,3 @@ def tokenize(examples: list[Example], tokenizer, template: str, max_length: int,
     kept.sort(key=lambda k: k[:2])
     tokens = TokenTable.from_examples([k[2] for k in kept], [k[3] for k in kept])
     return Layout(tokens, [k[4] for k in kept], n_truncated, n_skipped)
-
-
-def plan_batches(offsets: np.ndarray, token_budget: int) -> list[tuple[int, int]]:
-    """Consecutive examples [first, last) per batch, padded size (count x longest) within
-    ``token_budget``; an example longer than the budget gets a batch of its own."""
-    lengths = np.diff(offsets)
-    batches, first, longest = [], 0, 0
-    for i, n in enumerate(lengths):
-        longest_if_added = max(longest, int(n))
-        if i > first and longest_if_added * (i - first + 1) > token_budget:
-            batches.append((first, i))
-            first, longest_if_added = i, int(n)
-        longest = longest_if_added
-    batches.append((first, len(lengths)))
-    return batches

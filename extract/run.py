@@ -8,14 +8,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from featurestore import StoreSpec, StoreWriter, catalog
+from featurestore.layout import plan_batches
 
 from .backbone import resolve_backbone
 from .data import load_examples
 from .loop import extract_batches
-from .plan import parse_layers, plan_batches, tokenize
+from .plan import parse_layers, tokenize
 from .prompts import template_info
 
 
@@ -100,7 +102,7 @@ def extract(
     start = time.perf_counter()
     writer = StoreWriter(path, spec, layout.tokens, meta=layout.meta, head=head, head_config=head_config, resume=resume,
                          chunk_mb=chunk_mb)
-    batches = plan_batches(layout.tokens.offsets, token_budget)
+    batches = plan_batches(np.diff(layout.tokens.offsets), token_budget)
     todo = sum(int(layout.tokens.offsets[b] - layout.tokens.offsets[a]) for a, b in batches
                if writer.needs(int(layout.tokens.offsets[a]), int(layout.tokens.offsets[b])))
     with tqdm(total=todo, unit="tok", unit_scale=True, desc="extract", disable=not progress, file=sys.stderr) as bar:

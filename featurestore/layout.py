@@ -92,9 +92,11 @@ class Geometry:
     shard_tokens: int
 
     @classmethod
-    def plan(cls, n_tokens: int, row_bytes: int, chunk_mb: float = 2.0, chunks_per_shard: int = 8) -> Geometry:
-        """Chunks of about ``chunk_mb`` for the widest array (a power of two of tokens), shards of
-        ``chunks_per_shard`` chunks: few objects for object stores, bounded writer memory."""
+    def plan(cls, n_tokens: int, row_bytes: int, chunk_mb: float = 2.0, chunks_per_shard: int = 4) -> Geometry:
+        """Chunks of about ``chunk_mb`` for the widest array (a power of two of tokens: large
+        enough that Zarr's per-chunk overhead stays small in sequential reads), shards of
+        ``chunks_per_shard`` chunks: few objects for object stores, bounded writer memory, and a
+        short last write after the final forward pass."""
         chunk = 1 << max(4, int(np.log2(max(1.0, chunk_mb * 2**20 / row_bytes))))
         return cls(n_tokens, chunk, chunk * chunks_per_shard)
 
@@ -150,3 +152,18 @@ class StoreSpec:
         widths = [self.hidden_size if p.width == "hidden" else (p.width or 1) for p in self.codec.parts().values()]
         sizes = [w * np.dtype(p.dtype).itemsize for w, p in zip(widths, self.codec.parts().values())]
         return max(sizes)
+
+
+def plan_batches(lengths, token_budget: int) -> list[tuple[int, int]]:
+    """Runs of consecutive examples [first, last) whose padded size (count x longest) fits
+    ``token_budget``; an example longer than the budget gets a batch of its own. On a store
+    sorted by length this batches with little padding and reads sequentially."""
+    batches, first, longest = [], 0, 0
+    for i, n in enumerate(lengths):
+        longest_if_added = max(longest, int(n))
+        if i > first and longest_if_added * (i - first + 1) > token_budget:
+            batches.append((first, i))
+            first, longest_if_added = i, int(n)
+        longest = longest_if_added
+    batches.append((first, len(lengths)))
+    return batches

@@ -10,11 +10,19 @@ from collections.abc import Iterable
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
+from zarr.core.sync import sync
 
 from . import layout as L
 from .codecs import CodecError
 from .layout import Geometry, StoreSpec, TokenTable
-from .storage import ChecksumStore, local_path, open_store, read_json, read_manifest, write_manifest
+from .storage import (
+    ChecksumStore,
+    local_path,
+    open_store,
+    read_json,
+    read_manifest,
+    write_manifest,
+)
 
 MARKER = "ladder-cache feature store"
 
@@ -163,7 +171,7 @@ class StoreWriter:
                     dtype=part.dtype,
                     chunks=chunks,
                     shards=shards,
-                    compressors=[ZstdCodec(level=3)],
+                    compressors=[ZstdCodec(level=spec.codec.zstd_level)],
                     fill_value=0,
                     config={"write_empty_chunks": True},
                     dimension_names=("token", "channel")[: 1 + len(width)],
@@ -244,13 +252,14 @@ class StoreWriter:
 
     def _flush(self, shard: int) -> None:
         lo, hi = self.geometry.shard_range(shard)
-        keys = []
+        writes, keys = [], []
         for k in self.spec.layers:
             chunks = self._pending.pop(k)
             for name in self.codec.parts():
                 array = self._arrays[(k, name)]
-                array[lo:hi] = np.concatenate([c[name] for c in chunks])
+                writes.append(array._async_array.setitem(slice(lo, hi), np.concatenate([c[name] for c in chunks])))
                 keys.append(f"{array.path}/{array.metadata.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))}")
+        sync(_gather(writes))  # one request for the whole shard: Zarr compresses arrays concurrently
         stats = {str(k): {"absmax": a, "sumsq": s} for k, (a, s) in self._stats.items()}
         checksums = {key: self._store.digests.pop(key) for key in keys}
         write_manifest(self._store, L.shard_manifest(shard), {"tokens": [lo, hi], "checksums": checksums, "stats": stats})
@@ -297,6 +306,12 @@ def finalize(location, extra_stats: dict | None = None) -> dict:
     stats = {"n_tokens": attrs["n_tokens"], "n_examples": attrs["n_examples"], "layers": layers, **(extra_stats or {})}
     group.attrs.update({"stats": stats, "completed": now(), "complete": True})
     return stats
+
+
+async def _gather(coroutines):
+    import asyncio
+
+    await asyncio.gather(*coroutines)
 
 
 def _json(obj) -> str:

@@ -21,8 +21,8 @@ measurement moves a few hundred MB.
 from __future__ import annotations
 
 import argparse
-import inspect
 import importlib
+import inspect
 import tempfile
 import time
 from pathlib import Path

@@ -4,7 +4,14 @@ import datasets
 import pytest
 
 from extract import arith
-from extract.data import DataError, Example, final_answer, last_number, load_examples, make_example
+from extract.data import (
+    DataError,
+    Example,
+    final_answer,
+    last_number,
+    load_examples,
+    make_example,
+)
 
 ROWS = [
     {"question": "Tom has 3 cats and gets 2 more. How many?", "answer": "3 + 2 = 5.\n#### 5"},

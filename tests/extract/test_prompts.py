@@ -6,7 +6,13 @@ from transformers import PreTrainedTokenizerFast
 
 from extract import arith
 from extract.data import make_example
-from extract.prompts import TemplateError, encode_example, encode_prompt, fit_length, template_info
+from extract.prompts import (
+    TemplateError,
+    encode_example,
+    encode_prompt,
+    fit_length,
+    template_info,
+)
 
 # A template that writes BOS itself, as Llama 3's and Gemma's do.
 TINY_CHAT = ("{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}"

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import zarr
 
-from featurestore import BackgroundWriter, CodecError, FeatureStore, StoreError, StoreWriter, finalize, verify
+from featurestore import (
+    BackgroundWriter,
+    CodecError,
+    FeatureStore,
+    StoreError,
+    StoreWriter,
+    finalize,
+    verify,
+)
 from tests.featurestore import synth
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from featurestore import FeatureStore
+from tests.train_side.tiny_store import write_tiny_store
+from train_side.data import epoch_order, plan, read_ahead, read_batch, split_examples
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return FeatureStore.open(write_tiny_store(tmp_path_factory.mktemp("s") / "s.zarr"))
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    train, val = split_examples(100, 0.1, seed=3)
+    assert len(val) == 10 and not set(train) & set(val) and len(train) + len(val) == 100
+    assert np.array_equal(val, split_examples(100, 0.1, seed=3)[1])
+    assert not np.array_equal(val, split_examples(100, 0.1, seed=4)[1])
+    assert len(split_examples(100, 0.0, seed=0)[1]) == 0
+    with pytest.raises(ValueError, match="too small"):
+        split_examples(1, 0.5, seed=0)
+
+
+def test_batches_are_consecutive_runs_within_the_budget(store):
+    train, _ = split_examples(store.n_examples, 0.1, seed=0)
+    batches = plan(store, train, token_budget=64)
+    assert np.array_equal(np.concatenate(batches), train)
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * store.lengths[batch].max() <= 64
+
+
+def test_read_batch_pads_right_and_matches_the_store(store):
+    indices = np.array([3, 4, 6])
+    batch = read_batch(store, indices, layers=[0, 4])
+    assert set(batch.hidden) == {0, 4} and batch.n_tokens == store.lengths[indices].sum()
+    for row, i in enumerate(indices):
+        example, n = store.example(i, layers=[4]), store.lengths[i]
+        assert np.array_equal(batch.input_ids[row, :n].numpy(), example.input_ids)
+        assert np.array_equal(batch.loss_mask[row, :n].numpy(), example.loss_mask.astype(bool))
+        assert np.array_equal(batch.hidden[4][row, :n].numpy(), example.hidden[4])
+        assert not batch.loss_mask[row, n:].any() and not batch.hidden[4][row, n:].any()
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only():
+    assert np.array_equal(epoch_order(10, 0, 1), epoch_order(10, 0, 1))
+    assert not np.array_equal(epoch_order(10, 0, 1), epoch_order(10, 0, 2))
+    assert sorted(epoch_order(10, 5, 0)) == list(range(10))
+
+
+def test_read_ahead_yields_in_order_stops_early_and_reraises(store):
+    batches = [np.array([i]) for i in range(8)]
+    seen = [int(b.input_ids[0, 0]) for b in read_ahead(store, batches, [0], depth=2)]
+    assert seen == [int(store.example(i).input_ids[0]) for i in range(8)]
+    for _ in zip(range(2), read_ahead(store, batches, [0], depth=1)):  # abandoned early: must not hang
+        pass
+    with pytest.raises(IndexError):
+        list(read_ahead(store, [np.array([0]), np.array([10_000])], [0]))

@@ -1,0 +1,122 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+import zarr
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from zarr.storage import LocalStore
+
+from featurestore import FeatureStore
+from tests.featurestore.test_reader import RecordingStore
+from tests.train_side.tiny_store import L, write_tiny_store
+from train_side import checkpoint
+from train_side.cli import main
+from train_side.sweep import sweep
+from train_side.train import DataConfig, OptimConfig, Run, train
+
+SMALL = {"side_width": 16, "n_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    return write_tiny_store(tmp_path_factory.mktemp("s") / "tiny.zarr")
+
+
+@pytest.fixture(autouse=True)
+def no_backbone(monkeypatch):
+    """Training must never build a transformers model: any attempt fails the test."""
+    monkeypatch.setattr(transformers.PreTrainedModel, "__init__", lambda *a, **k: pytest.fail("a backbone was built"))
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "side.safetensors")
+
+
+def test_a_tiny_side_network_overfits_the_tiny_store(tmp_path, store_path):
+    run = train(store_path, tmp_path / "run", side=SMALL, optim=OptimConfig(lr=1e-2),
+                data=DataConfig(epochs=30, token_budget=128, val_fraction=0.1), progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert losses[0] > 2.0 and np.mean(losses[-5:]) < 0.1  # the counting rule, learned from stored states
+    assert run.val_loss < 0.3  # and it holds on held-out examples
+    for name in ("side.safetensors", "side_config.json", "metrics.jsonl", "loss.png", "resume.pt"):
+        assert (tmp_path / "run" / name).is_file()
+
+
+def test_xladder_reads_only_the_top_hidden_states(tmp_path, store_path):
+    recorder = RecordingStore(LocalStore(store_path, read_only=True))
+    store = FeatureStore(zarr.open_group(recorder, mode="r"), str(store_path))
+    train(store, tmp_path / "x", side={"kind": "xladder", "delta": 1, **SMALL}, data=DataConfig(epochs=1),
+          progress=False)
+    read = {int(key.split("/")[1]) for key in recorder.keys if key.startswith("layers/")}
+    assert read == {L - 1, L}
+
+
+def test_checkpoint_holds_only_the_side_network_and_round_trips(tmp_path, store_path):
+    run = train(store_path, tmp_path / "c", side=SMALL, data=DataConfig(epochs=1), progress=False)
+    model, config = checkpoint.load_side(tmp_path / "c")
+    saved = weights(tmp_path / "c")
+    assert saved.keys() == run.model.state_dict().keys()  # no head, no backbone
+    assert sum(t.numel() for t in saved.values()) == run.model.n_parameters() == config["n_parameters"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    store = FeatureStore.open(store_path)
+    assert config["store"]["fingerprint"] == store.fingerprint and config["store"]["codec"]["name"] == "fp32"
+    assert config["side"]["side_width"] == 16 and config["optim"]["lr"] == OptimConfig().lr
+
+
+def test_a_run_trained_alone_equals_the_same_run_inside_a_sweep(tmp_path, store_path):
+    data = DataConfig(epochs=2, token_budget=96)
+    sweep(store_path, tmp_path / "sweep", {"kind": ["ladder", "xladder"], "lr": [1e-3, 3e-3]}, side=SMALL,
+          data=data, progress=False)
+    train(store_path, tmp_path / "alone", side={**SMALL, "kind": "xladder"}, optim=OptimConfig(lr=3e-3), data=data,
+          progress=False)
+    inside, alone = weights(tmp_path / "sweep" / "kind=xladder,lr=0.003"), weights(tmp_path / "alone")
+    assert inside.keys() == alone.keys() and all(torch.equal(inside[k], alone[k]) for k in alone)
+    summary = (tmp_path / "sweep" / "summary.csv").read_text().splitlines()
+    assert len(summary) == 5 and summary[0].startswith("run,kind,lr,parameters,train_loss,val_loss")
+    assert (tmp_path / "sweep" / "val_loss.png").is_file()
+
+
+def test_resume_continues_identically(tmp_path, store_path, monkeypatch):
+    data = DataConfig(epochs=3, token_budget=96, save_every=5)
+    train(store_path, tmp_path / "straight", side=SMALL, data=data, progress=False)
+
+    original_step = Run.train_step
+
+    def crash_at_step_12(self, batch):
+        if self.step == 12:
+            raise KeyboardInterrupt
+        return original_step(self, batch)
+
+    monkeypatch.setattr(Run, "train_step", crash_at_step_12)
+    with pytest.raises(KeyboardInterrupt):
+        train(store_path, tmp_path / "resumed", side=SMALL, data=data, progress=False)
+    assert checkpoint.load_config(tmp_path / "resumed")["step"] == 10  # the last checkpoint before the crash
+    monkeypatch.setattr(Run, "train_step", original_step)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(store_path, tmp_path / "resumed", side=SMALL, data=data, progress=False)
+    train(store_path, tmp_path / "resumed", side=SMALL, data=data, resume=True, progress=False)
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    assert steps == sorted(set(steps))  # metrics logged after the checkpoint were dropped, not duplicated
+
+
+def test_cli_train_and_sweep(tmp_path, store_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", str(store_path), "--out", str(tmp_path / "t"), "--side-width", "16",
+                                  "--heads", "2", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "ladder: " in result.output and "validation loss" in result.output
+    result = runner.invoke(main, ["sweep", str(store_path), "--out", str(tmp_path / "s"), "--side-width", "16",
+                                  "--heads", "2", "--epochs", "1", "--grid", "kind=ladder,xladder"])
+    assert result.exit_code == 0, result.output
+    assert "kind=xladder" in result.output and "summary.csv" in result.output
+    bad = runner.invoke(main, ["sweep", str(store_path), "--out", str(tmp_path / "b"), "--grid", "colour=red"])
+    assert bad.exit_code == 1 and "unknown settings ['colour']" in bad.output
+    missing = runner.invoke(main, ["train", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "m")])
+    assert missing.exit_code == 1 and missing.output.startswith("Error: no feature store at")

@@ -1,0 +1,225 @@
+"""Training side networks from a feature store: one loop for one run or a whole sweep.
+
+Every batch is read and decoded once, then fed to each run (a side network with its own
+optimizer, schedule, metrics and checkpoints). No backbone is ever loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from featurestore import FeatureStore
+
+from . import checkpoint
+from .data import Batch, epoch_order, plan, read_ahead, split_examples
+from .loss import next_token_loss
+from .model import FrozenHead, SideConfig, SideNetwork
+from .plots import loss_curve
+
+
+@dataclass
+class OptimConfig:
+    """How one side network is optimised (JSON round-trippable)."""
+
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # fraction of all steps spent warming up linearly
+    min_lr: float = 0.1  # the cosine ends at min_lr * lr
+    grad_clip: float = 1.0
+    seed: int = 0  # initialisation
+
+
+@dataclass
+class DataConfig:
+    """What every run of a training job (or sweep) sees: the same batches in the same order."""
+
+    epochs: int = 2
+    token_budget: int = 4096  # padded tokens per batch
+    val_fraction: float = 0.05
+    seed: int = 0  # validation split and batch order
+    eval_every: int = 0  # steps between validations (0: at the end of each epoch only)
+    save_every: int = 0  # steps between checkpoints (0: at the end of each epoch only)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Run:
+    """One side network in training."""
+
+    def __init__(self, name: str, out: Path, side: SideConfig, optim: OptimConfig, head: FrozenHead,
+                 total_steps: int, store_info: dict, data: DataConfig, device: torch.device):
+        self.name, self.out, self.side, self.optim, self.head = name, out, side, optim, head
+        self.total_steps, self.store_info, self.data, self.device = total_steps, store_info, data, device
+        torch.manual_seed(optim.seed)  # each run's initialisation depends on its own seed only
+        self.model = SideNetwork(side).to(device)
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]  # gates, norms, mix
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=optim.lr, betas=(0.9, 0.95), fused=device.type == "cuda",
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        self.step = 0
+        self.val_loss: float | None = None
+        self.seconds = 0.0
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def start_fresh(self) -> None:
+        if (self.out / "metrics.jsonl").exists():
+            raise FileExistsError(f"{self.out} already holds a training run; resume it (--resume) or choose another --out")
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warmup, then cosine decay to ``min_lr``."""
+        warmup = max(1, int(self.optim.warmup * self.total_steps))
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
+        return self.optim.min_lr + (1 - self.optim.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def inputs(self, batch: Batch) -> dict[int, torch.Tensor]:
+        return {k: batch.hidden[k] for k in self.side.inputs}
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            y = self.model(self.inputs(batch))
+        return next_token_loss(y.float(), batch.input_ids, batch.loss_mask, self.head)
+
+    def train_step(self, batch: Batch) -> float:
+        start = time.perf_counter()
+        self.model.train()
+        loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.seconds += time.perf_counter() - start
+        return loss.item()
+
+    @torch.no_grad()
+    def validate(self, batches: list[Batch]) -> float:
+        """Mean loss per target token over the validation batches."""
+        self.model.eval()
+        total = targets = 0.0
+        for batch in batches:
+            n = int(batch.loss_mask[:, 1:].sum())
+            total += self.loss(batch).item() * n
+            targets += n
+        self.val_loss = total / targets
+        return self.val_loss
+
+    def log(self, record: dict) -> None:
+        with (self.out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({"step": self.step, **record}) + "\n")
+
+    def save(self) -> None:
+        checkpoint.save(self.out, self.model, self.describe())
+        checkpoint.save_resume_state(self.out, self.optimizer, self.scheduler, self.step)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "side": asdict(self.side), "optim": asdict(self.optim), "data": asdict(self.data),
+                "store": self.store_info, "n_parameters": self.model.n_parameters(), "step": self.step,
+                "epochs": round(self.step * self.data.epochs / self.total_steps, 4), "val_loss": self.val_loss,
+                "train_seconds": round(self.seconds, 3)}
+
+    def resume(self) -> None:
+        """Continues from this run's last checkpoint (weights, optimizer, schedule, step)."""
+        self.model.load_state_dict(checkpoint.load_weights(self.out, self.device))
+        self.step = checkpoint.load_resume_state(self.out, self.optimizer, self.scheduler, self.device)
+        self.val_loss = checkpoint.load_config(self.out).get("val_loss")
+        kept = [line for line in (self.out / "metrics.jsonl").read_text().splitlines()
+                if json.loads(line)["step"] <= self.step]  # drop what was logged after the checkpoint
+        (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+
+
+def store_info(store: FeatureStore) -> dict:
+    """What a checkpoint records of its store: enough to find it again and to reload its backbone."""
+    return {key: store.attrs.get(key) for key in ("fingerprint", "codec", "model", "template", "layers", "dataset")} | {
+        "location": store.location}
+
+
+def backbone_dims(store: FeatureStore) -> dict:
+    """The backbone sizes a SideConfig needs, from the store's model description."""
+    model = store.attrs.get("model") or {}
+    missing = [k for k in ("n_layers", "intermediate_size") if k not in model]
+    if missing:
+        raise ValueError(f"the store does not describe its backbone's {', '.join(missing)}; re-extract it")
+    return {"n_layers": model["n_layers"], "hidden_size": store.hidden_size, "intermediate_size": model["intermediate_size"]}
+
+
+def train(store, out: str | Path, *, side: dict | None = None, optim: OptimConfig | None = None,
+          data: DataConfig | None = None, device: str = "auto", resume: bool = False, progress: bool = True) -> Run:
+    """Trains one side network (``side``: SideConfig settings beyond the backbone's sizes) from a
+    feature store into ``out``: side.safetensors, side_config.json, metrics.jsonl, loss.png."""
+    store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
+    config = SideConfig(**backbone_dims(store), **(side or {}))
+    out = Path(out)
+    [run] = fit(store, [(out.name, out, config, optim or OptimConfig())], data or DataConfig(), device=device,
+                resume=resume, progress=progress)
+    return run
+
+
+def fit(store: FeatureStore, runs_spec: list[tuple[str, Path, SideConfig, OptimConfig]], data: DataConfig,
+        device: str = "auto", resume: bool = False, progress: bool = True) -> list[Run]:
+    """Trains every run over one pass of the data per epoch: each batch is read and decoded once
+    (the union of the runs' input layers) and fed to every run in turn."""
+    device = resolve_device(device)
+    train_idx, val_idx = split_examples(store.n_examples, data.val_fraction, data.seed)
+    train_batches = plan(store, train_idx, data.token_budget)
+    val_batches = plan(store, val_idx, data.token_budget) if len(val_idx) else []
+    layers = sorted({k for _, _, side, _ in runs_spec for k in side.inputs})
+    missing = sorted(set(layers) - set(store.layers))
+    if missing:
+        raise ValueError(f"the side networks read hidden states {missing}, which the store does not hold "
+                         f"(it has {list(store.layers)}); extract them or change the taps")
+    weights, head_config = store.head()
+    head = FrozenHead(weights, head_config).to(device)
+    total_steps = data.epochs * len(train_batches)
+    runs = [Run(name, out, side, optim, head, total_steps, store_info(store), data, device)
+            for name, out, side, optim in runs_spec]
+    for run in runs:
+        run.resume() if resume else run.start_fresh()
+    validation = [b.to(device) for b in read_ahead(store, val_batches, layers)]
+    start_step = min(run.step for run in runs)
+    if any(run.step != start_step for run in runs):
+        raise ValueError("the runs of this job stopped at different steps; resume them separately")
+    with tqdm(total=total_steps, initial=start_step, unit="step", desc="train", disable=not progress,
+              file=sys.stderr) as bar:
+        for epoch in range(start_step // len(train_batches), data.epochs):
+            order = epoch_order(len(train_batches), data.seed, epoch)
+            done = start_step - epoch * len(train_batches) if epoch == start_step // len(train_batches) else 0
+            batches = [train_batches[i] for i in order[done:]]
+            tick = time.perf_counter()
+            for batch in read_ahead(store, batches, layers):
+                batch = batch.to(device)
+                losses = [run.train_step(batch) for run in runs]
+                elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+                for run, loss in zip(runs, losses):
+                    run.log({"epoch": epoch, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+                             "tokens": batch.n_tokens, "tokens_per_s": batch.n_tokens * len(runs) / elapsed})
+                bar.update()
+                bar.set_postfix(loss=f"{losses[0]:.3f}", tok_s=f"{batch.n_tokens * len(runs) / elapsed:,.0f}")
+                step = runs[0].step
+                end_of_epoch = step % len(train_batches) == 0
+                if validation and (end_of_epoch or data.eval_every and step % data.eval_every == 0):
+                    for run in runs:
+                        run.log({"epoch": epoch, "val_loss": run.validate(validation)})
+                if end_of_epoch or data.save_every and step % data.save_every == 0:
+                    for run in runs:
+                        run.save()
+    for run in runs:
+        loss_curve(run.out)
+    return runs
