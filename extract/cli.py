@@ -36,7 +36,7 @@ ERRORS = (BackboneError, DataError, PlanError, TemplateError, StoreError, CodecE
 @click.option("--layers", default="all", help="Hidden states to store: all, a list like 0,4,8, every:K or top:D.")
 @click.option("--codec", default="int8o", help=f"{', '.join(CODECS)} (int8o: ~3x smaller than fp16, <=2% error per token).")
 @click.option("--token-budget", default=4096, help="Padded tokens per forward batch.")
-@click.option("--chunk-mb", default=2.0, help="Target chunk size of the stored arrays (a shard holds 4 chunks).")
+@click.option("--chunk-mb", default=4.0, help="Target chunk size of the stored arrays (a shard holds 2 chunks).")
 @click.option("--limit", type=int, default=None, help="Keep the first N examples (arith: generate N).")
 @click.option("--seed", default=0, help="Seed of the arith generator.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted extraction after its last finished shard.")

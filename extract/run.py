@@ -56,7 +56,7 @@ def extract(
     layers: str = "all",
     codec: str = "int8o",
     token_budget: int = 4096,
-    chunk_mb: float = 2.0,
+    chunk_mb: float = 4.0,
     limit: int | None = None,
     seed: int = 0,
     resume: bool = False,

@@ -92,7 +92,7 @@ class Geometry:
     shard_tokens: int
 
     @classmethod
-    def plan(cls, n_tokens: int, row_bytes: int, chunk_mb: float = 2.0, chunks_per_shard: int = 4) -> Geometry:
+    def plan(cls, n_tokens: int, row_bytes: int, chunk_mb: float = 4.0, chunks_per_shard: int = 2) -> Geometry:
         """Chunks of about ``chunk_mb`` for the widest array (a power of two of tokens: large
         enough that Zarr's per-chunk overhead stays small in sequential reads), shards of
         ``chunks_per_shard`` chunks: few objects for object stores, bounded writer memory, and a

@@ -25,6 +25,7 @@ from .storage import (
 )
 
 MARKER = "ladder-cache feature store"
+ENCODE_ROWS = 512  # rows encoded at a time: ~1 MB of float32 for d = 576, cache-sized
 
 
 class StoreError(RuntimeError):
@@ -71,7 +72,7 @@ class StoreWriter:
         head_config: dict | None = None,
         resume: bool = False,
         shards: Iterable[int] | None = None,
-        chunk_mb: float = 2.0,
+        chunk_mb: float = 4.0,
         extra_attrs: dict | None = None,
     ):
         if tokens.n_tokens == 0:
@@ -235,20 +236,26 @@ class StoreWriter:
         self._cursor = max(self._cursor, end)
 
     def _buffer(self, shard: int, rows: dict[int, np.ndarray]) -> None:
+        """Checks, measures and encodes rows, in blocks small enough to stay in the CPU cache
+        through the codec's passes (about twice as fast as whole batches; rows are independent)."""
         for k, x in rows.items():
             x = np.ascontiguousarray(x, dtype=np.float32)
-            absmax = float(np.abs(x).max(initial=0))
-            if not np.isfinite(absmax):
-                raise CodecError(f"layer {k}: hidden states contain inf or nan")
-            if absmax > self.codec.max_abs:
-                raise CodecError(
-                    f"layer {k}: values reach {absmax:.6g}, beyond codec {self.codec.name}'s range "
-                    f"(±{self.codec.max_abs:g}); use --codec bf16 (same size, float32 range)"
-                )
-            stat = self._stats.setdefault(k, [0.0, 0.0])
-            stat[0] = max(stat[0], absmax)
-            stat[1] += float(np.einsum("ij,ij->i", x, x).sum(dtype=np.float64))
-            self._pending.setdefault(k, []).append(self.codec.encode(x))
+            for block in np.split(x, range(ENCODE_ROWS, len(x), ENCODE_ROWS)):
+                self._check_and_measure(k, block)
+                self._pending.setdefault(k, []).append(self.codec.encode(block))
+
+    def _check_and_measure(self, layer: int, x: np.ndarray) -> None:
+        absmax = max(float(x.max(initial=0)), -float(x.min(initial=0)))  # no |x| temporary
+        if not np.isfinite(absmax):
+            raise CodecError(f"layer {layer}: hidden states contain inf or nan")
+        if absmax > self.codec.max_abs:
+            raise CodecError(
+                f"layer {layer}: values reach {absmax:.6g}, beyond codec {self.codec.name}'s range "
+                f"(±{self.codec.max_abs:g}); use --codec bf16 (same size, float32 range)"
+            )
+        stat = self._stats.setdefault(layer, [0.0, 0.0])
+        stat[0] = max(stat[0], absmax)
+        stat[1] += float(np.einsum("ij,ij->i", x, x).sum(dtype=np.float64))
 
     def _flush(self, shard: int) -> None:
         lo, hi = self.geometry.shard_range(shard)

@@ -6,8 +6,8 @@ from featurestore import Geometry, TokenTable
 
 def test_geometry_sizes_chunks_by_bytes_and_covers_every_token():
     g = Geometry.plan(n_tokens=100_000, row_bytes=576)  # int8 codes of a d=576 model
-    assert g.chunk_tokens == 2048 and g.shard_tokens == 8192  # ~1.2 MB chunks, ~5 MB shards
-    assert Geometry.plan(100_000, row_bytes=4096 * 2).chunk_tokens == 256  # fp16 rows of a 7B model
+    assert g.chunk_tokens == 4096 and g.shard_tokens == 8192  # ~2.4 MB chunks, ~5 MB shards
+    assert Geometry.plan(100_000, row_bytes=4096 * 2).chunk_tokens == 512  # fp16 rows of a 7B model
     ranges = [g.shard_range(j) for j in range(g.n_shards)]
     assert ranges[0][0] == 0 and ranges[-1][1] == 100_000
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))

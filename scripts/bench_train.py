@@ -1,0 +1,192 @@
+"""Training from the store vs live LST, on the packaged SmolLM2-135M and arith, side by side.
+
+    python scripts/bench_train.py [--limit 72] [--token-budget 2048] [--epochs 2]
+
+1. cached vs live: 8 configurations x E epochs trained from a store (the one-off extraction
+   included) vs the same runs with live LST (the backbone forward runs every step, no gradient
+   through it). F = backbone forward per batch, S = side step per batch (one configuration);
+   ideal ratio = N*E*(F+S) / (F + N*E*S).
+2. loader overhead: one configuration's epoch from the store vs from the same batches in RAM.
+3. peak memory: RSS growth of train_side vs live LST at the same batch, each in a fresh process.
+4. codec parity: one configuration trained from the default lossy store and from an fp32 store
+   of the same data: final validation loss of each.
+Both sides compute logits only at target positions (the same Run class and loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from extract.backbone import load_backbone
+from extract.run import extract
+from featurestore import FeatureStore
+from train_side.data import Batch, epoch_order, plan, read_ahead, read_batch, split_examples
+from train_side.model import FrozenHead
+from train_side.sweep import configs, expand, sweep
+from train_side.train import DataConfig, Run, backbone_dims, store_info
+
+GRID = {"kind": ["ladder", "xladder"], "lr": [1e-3, 3e-3], "reduction": [8, 16]}  # 8 configurations
+
+
+def batches(store: FeatureStore, data: DataConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    train, val = split_examples(store.n_examples, data.val_fraction, data.seed)
+    return plan(store, train, data.token_budget), plan(store, val, data.token_budget)
+
+
+def live_batch(backbone, store: FeatureStore, indices: np.ndarray, inputs) -> tuple[Batch, float]:
+    """The batch the store would give, with hidden states from a live backbone forward."""
+    batch = read_batch(store, indices, layers=[])
+    lengths = torch.from_numpy(store.lengths[indices])
+    attention = (torch.arange(batch.input_ids.shape[1]) < lengths[:, None]).long()
+    start = time.perf_counter()
+    states = backbone.hidden_states(batch.input_ids, attention)
+    forward = time.perf_counter() - start
+    batch.hidden = {k: states[k].clone() for k in inputs}  # inference tensors: clone before autograd
+    return batch, forward
+
+
+def make_run(store, out: Path, params: dict, data: DataConfig, total_steps: int) -> Run:
+    side, optim = configs(params, {}, {}, backbone_dims(store))
+    weights, head_config = store.head()
+    return Run(out.name, out, side, optim, FrozenHead(weights, head_config), total_steps, store_info(store), data,
+               torch.device("cpu"))
+
+
+def live_lst(backbone, store, data: DataConfig, out: Path) -> tuple[float, list[float]]:
+    """Every configuration trained with the backbone in the loop; returns (seconds, forward times)."""
+    train_batches, _ = batches(store, data)
+    forwards = []
+    start = time.perf_counter()
+    for params in expand(GRID):
+        run = make_run(store, out / f"live-{len(forwards)}", params, data, data.epochs * len(train_batches))
+        for epoch in range(data.epochs):
+            for i in epoch_order(len(train_batches), data.seed, epoch):
+                batch, forward = live_batch(backbone, store, train_batches[i], run.side.inputs)
+                forwards.append(forward)
+                run.train_step(batch)
+    return time.perf_counter() - start, forwards
+
+
+def loader_overhead(store, data: DataConfig, out: Path, rounds: int = 3) -> tuple[float, float]:
+    """Median epoch seconds of one configuration: (from the store, from RAM), interleaved."""
+    train_batches, _ = batches(store, data)
+    params = expand(GRID)[0]
+    layers = configs(params, {}, {}, backbone_dims(store))[0].inputs
+    in_ram = [read_batch(store, b, layers) for b in train_batches]
+    seconds = {"store": [], "ram": []}
+    for r in range(rounds):
+        for source in seconds:
+            run = make_run(store, out / f"loader-{source}-{r}", params, data, len(train_batches))
+            start = time.perf_counter()
+            stream = read_ahead(store, train_batches, layers) if source == "store" else iter(in_ram)
+            for batch in stream:
+                run.train_step(batch)
+            seconds[source].append(time.perf_counter() - start)
+    return float(np.median(seconds["store"])), float(np.median(seconds["ram"]))
+
+
+def peak_memory(mode: str, store_path: Path, data: DataConfig, out: Path) -> float:
+    """RSS growth (MB) of one configuration's epoch, measured in a fresh process."""
+    result = subprocess.run([sys.executable, __file__, "--probe", mode, str(store_path), str(out),
+                             json.dumps(vars(data))], capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def probe(mode: str, store_path: str, out: str, data_json: str) -> None:
+    """Runs in a subprocess: prints RSS growth (MB) from after imports to the peak."""
+    data = DataConfig(**json.loads(data_json))
+    baseline = rss_mb()
+    store = FeatureStore.open(store_path)
+    train_batches, _ = batches(store, data)
+    params = expand(GRID)[0]
+    if mode == "cached":
+        run = make_run(store, Path(out) / "probe-cached", params, data, len(train_batches))
+        for batch in read_ahead(store, train_batches, run.side.inputs):
+            run.train_step(batch)
+    else:
+        backbone = load_backbone("smollm2-135m")
+        run = make_run(store, Path(out) / "probe-live", params, data, len(train_batches))
+        for indices in train_batches:
+            run.train_step(live_batch(backbone, store, indices, run.side.inputs)[0])
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline)
+
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+
+
+def final_val_loss(store_path: Path, out: Path, data: DataConfig) -> float:
+    [row] = sweep(store_path, out, {"kind": ["ladder"]}, data=data, progress=False)
+    return row["val_loss"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=72)
+    parser.add_argument("--token-budget", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--parity-epochs", type=int, default=4)
+    args = parser.parse_args()
+    data = DataConfig(epochs=args.epochs, token_budget=args.token_budget, val_fraction=0.1)
+    work = Path(tempfile.mkdtemp(prefix="bench_train-"))
+    n_configs = len(expand(GRID))
+
+    start = time.perf_counter()
+    extraction = extract("smollm2-135m", limit=args.limit, root=work / "stores", progress=False)
+    extract_seconds = time.perf_counter() - start
+    store = FeatureStore.open(extraction.store)
+    train_batches, _ = batches(store, data)
+    sweep_start = time.perf_counter()
+    sweep(store, work / "sweep", GRID, data=data, progress=False)
+    cached = extract_seconds + time.perf_counter() - sweep_start
+    side_seconds = [json.loads((work / "sweep" / d / "side_config.json").read_text())["train_seconds"]
+                    for d in (p.name for p in (work / "sweep").iterdir() if p.is_dir())]
+    S = float(np.mean(side_seconds)) / (args.epochs * len(train_batches))
+
+    backbone = load_backbone("smollm2-135m")
+    live, forwards = live_lst(backbone, store, data, work / "live")
+    F = float(np.median(forwards))
+    NE = n_configs * args.epochs
+    ideal = NE * (F + S) / (F + NE * S)
+    print(f"SmolLM2-135M float32, CPU ({torch.get_num_threads()} threads); {store.n_tokens} tokens of arith, "
+          f"{len(train_batches)} training batches of <= {args.token_budget} padded tokens; "
+          f"{n_configs} configurations x {args.epochs} epochs\n")
+    print(f"1. cached (extraction {extract_seconds:.0f} s + sweep)  {cached:7.1f} s")
+    print(f"   live LST                               {live:7.1f} s")
+    print(f"   speed-up {live / cached:.2f}x;  F = {F:.2f} s, S = {S:.2f} s per batch;  ideal {ideal:.2f}x;  "
+          f"reached {live / cached / ideal:.0%} of ideal")
+
+    from_store, from_ram = loader_overhead(store, data, work / "loader")
+    print(f"\n2. epoch from the store {from_store:.1f} s, from RAM {from_ram:.1f} s: loader overhead "
+          f"{from_store / from_ram - 1:+.0%}")
+
+    cached_mb = peak_memory("cached", Path(extraction.store), data, work / "mem")
+    live_mb = peak_memory("live", Path(extraction.store), data, work / "mem")
+    print(f"\n3. peak RSS growth: train_side {cached_mb:.0f} MB, live LST {live_mb:.0f} MB "
+          f"({cached_mb / live_mb:.0%} of live)")
+
+    lossless = extract("smollm2-135m", limit=args.limit, root=work / "stores", codec="fp32", progress=False)
+    parity = DataConfig(epochs=args.parity_epochs, token_budget=args.token_budget, val_fraction=0.1)
+    lossy_loss = final_val_loss(Path(extraction.store), work / "parity-int8o", parity)
+    fp32_loss = final_val_loss(Path(lossless.store), work / "parity-fp32", parity)
+    print(f"\n4. validation loss after {args.parity_epochs} epochs: int8o store {lossy_loss:.4f}, fp32 store "
+          f"{fp32_loss:.4f} ({lossy_loss / fp32_loss - 1:+.2%})")
+    print(f"\n(work files in {work})")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--probe":
+        torch.manual_seed(0)
+        probe(*sys.argv[2:6])
+    else:
+        main()
