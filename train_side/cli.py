@@ -100,3 +100,52 @@ def sweep_cmd(grid_options, grid_file, jobs, **o) -> None:
         raise click.ClickException(str(e).splitlines()[0]) from None
     click.echo(format_table(rows))
     click.echo(f"\nsummary: {o['out']}/summary.csv, {o['out']}/val_loss.png")
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path(file_okay=False, exists=True))
+@click.option("--backbone-only", is_flag=True, help="Evaluate the checkpoint's backbone alone (the baseline).")
+@click.option("--dataset", default=None, help="Default: the dataset of the checkpoint's store.")
+@click.option("--split", default="test")
+@click.option("--limit", type=int, default=None, help="First N examples of the split.")
+@click.option("--max-new-tokens", default=128)
+@click.option("--batch-size", default=16, help="Sequences generated together (left-padded).")
+@click.option("--temperature", default=0.0, help="0: greedy; above 0: nucleus sampling.")
+@click.option("--top-p", default=1.0)
+@click.option("--seed", default=0, help="Sampling seed.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Where predictions.jsonl and metrics.json go (default: CHECKPOINT/eval[-backbone]).")
+@click.option("--device", default="auto")
+def eval_cmd(checkpoint, **options) -> None:
+    """Generate chain-of-thought answers with the backbone reloaded exactly as the checkpoint's
+    store was extracted, the side network on top, and score them: exact-match accuracy (GSM8K
+    `#### n`, last-number fallback) or label accuracy, mean CoT length, tokens/s."""
+    from extract.backbone import BackboneError
+    from extract.data import DataError
+
+    from .evaluate import EvalError, evaluate
+
+    try:
+        m = evaluate(checkpoint, **options)
+    except (*ERRORS, EvalError, BackboneError, DataError) as e:
+        raise click.ClickException(str(e).splitlines()[0]) from None
+    click.echo(f"{m['model']} on {m['dataset']} {m['split']} ({m['examples']} examples, {m['decoding']}): "
+               f"accuracy {m['accuracy']:.1%}, mean CoT {m['mean_cot_tokens']:.1f} tokens, "
+               f"{m['tokens_per_second']:.1f} tokens/s")
+
+
+@main.command("loss")
+@click.argument("checkpoint", type=click.Path(file_okay=False, exists=True))
+@click.argument("store")
+@click.option("--token-budget", default=4096)
+@click.option("--device", default="auto")
+def loss_cmd(checkpoint, store, token_budget, device) -> None:
+    """Teacher-forced loss per target token of CHECKPOINT on every example of STORE (e.g. the
+    test split's store). Needs no backbone."""
+    from .evaluate import EvalError, teacher_forced_loss
+
+    try:
+        loss = teacher_forced_loss(checkpoint, store, token_budget, device)
+    except (*ERRORS, EvalError) as e:
+        raise click.ClickException(str(e).splitlines()[0]) from None
+    click.echo(f"teacher-forced loss {loss:.4f} per target token")

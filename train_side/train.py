@@ -49,6 +49,26 @@ class DataConfig:
     save_every: int = 0  # steps between checkpoints (0: at the end of each epoch only)
 
 
+def batch_loss(model: SideNetwork, head: FrozenHead, batch: Batch) -> torch.Tensor:
+    """Mean next-token loss over a batch's targets; bf16 autocast on GPU, the loss in float32."""
+    device = batch.input_ids.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        y = model({k: batch.hidden[k] for k in model.config.inputs})
+    return next_token_loss(y.float(), batch.input_ids, batch.loss_mask, head)
+
+
+@torch.no_grad()
+def mean_loss(model: SideNetwork, head: FrozenHead, batches) -> float:
+    """Mean loss per target token over batches (teacher-forced: no generation, no backbone)."""
+    model.eval()
+    total = targets = 0.0
+    for batch in batches:
+        n = int(batch.loss_mask[:, 1:].sum())
+        total += batch_loss(model, head, batch).item() * n
+        targets += n
+    return total / targets
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -88,18 +108,10 @@ class Run:
         progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
         return self.optim.min_lr + (1 - self.optim.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def inputs(self, batch: Batch) -> dict[int, torch.Tensor]:
-        return {k: batch.hidden[k] for k in self.side.inputs}
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            y = self.model(self.inputs(batch))
-        return next_token_loss(y.float(), batch.input_ids, batch.loss_mask, self.head)
-
     def train_step(self, batch: Batch) -> float:
         start = time.perf_counter()
         self.model.train()
-        loss = self.loss(batch)
+        loss = batch_loss(self.model, self.head, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
@@ -109,16 +121,8 @@ class Run:
         self.seconds += time.perf_counter() - start
         return loss.item()
 
-    @torch.no_grad()
     def validate(self, batches: list[Batch]) -> float:
-        """Mean loss per target token over the validation batches."""
-        self.model.eval()
-        total = targets = 0.0
-        for batch in batches:
-            n = int(batch.loss_mask[:, 1:].sum())
-            total += self.loss(batch).item() * n
-            targets += n
-        self.val_loss = total / targets
+        self.val_loss = mean_loss(self.model, self.head, batches)
         return self.val_loss
 
     def log(self, record: dict) -> None:

@@ -1,0 +1,137 @@
+"""Evaluation with the reloaded backbone: train/serve parity, cached generation, metrics."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from extract.backbone import load_backbone
+from extract.run import extract
+from featurestore import FeatureStore
+from tests.models import save_tiny_model
+from train_side import checkpoint
+from train_side.cli import main
+from train_side.evaluate import EvalError, evaluate, is_correct, teacher_forced_loss
+from train_side.generate import Pipeline, generate, left_pad
+from train_side.model import FrozenHead, SideConfig, SideNetwork
+from train_side.train import DataConfig, train
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("m") / "llama", "llama")
+
+
+@pytest.fixture(scope="module")
+def stores(llama, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    return {codec: extract(str(llama), limit=8, root=root / codec, codec=codec, progress=False).store
+            for codec in ("fp32", "int8o")}
+
+
+def side_network(store: FeatureStore, kind: str) -> SideNetwork:
+    """A side network whose every weight matters (up is no longer zero, as after training)."""
+    model = store.attrs["model"]
+    torch.manual_seed(0)
+    side = SideNetwork(SideConfig(model["n_layers"], store.hidden_size, model["intermediate_size"], kind=kind,
+                                  delta=1, side_width=16, n_heads=2))
+    with torch.no_grad():
+        side.up.weight.normal_(0, 0.2)
+        side.alpha.normal_(0, 0.1)
+    return side.eval()
+
+
+@pytest.mark.parametrize("codec", ["fp32", "int8o"])
+@pytest.mark.parametrize("kind", ["ladder", "xladder"])
+def test_live_logits_equal_the_logits_from_the_store(stores, llama, codec, kind):
+    """Train/serve parity: the live path (backbone, codec round-trip, side network) gives the
+    logits that training computed from the store."""
+    store = FeatureStore.open(stores[codec])
+    backbone = load_backbone(str(llama))
+    head = FrozenHead(*store.head())
+    side = side_network(store, kind)
+    pipeline = Pipeline(backbone, head, side, store.codec)
+    for i in (0, store.n_examples - 1):
+        example = store.example(i, layers=side.config.inputs)
+        with torch.no_grad():
+            stored = head(side({k: torch.from_numpy(h)[None] for k, h in example.hidden.items()}))
+        ids = torch.from_numpy(example.input_ids.astype(np.int64))[None]
+        live = pipeline.step(ids, torch.ones_like(ids), pipeline.start())
+        tolerance = 1e-4 if codec == "fp32" else 2e-2  # int8o: a few ulps of drift can move a code by one step
+        assert (live - stored).abs().max() <= tolerance * stored.abs().max()
+
+
+@pytest.mark.parametrize("kind", ["ladder", "xladder", None])
+def test_cached_generation_equals_recomputing_everything(stores, llama, kind):
+    store = FeatureStore.open(stores["int8o"])
+    backbone = load_backbone(str(llama))
+    side = side_network(store, kind) if kind else None
+    pipeline = Pipeline(backbone, FrozenHead(*store.head()), side, store.codec)
+    prompts = [store.example(0).input_ids[:20].tolist(), store.example(1).input_ids[:13].tolist()]  # left padding
+    cached = generate(pipeline, prompts, max_new_tokens=8, pad_id=0, stop=lambda tokens: False)
+    for prompt, new in zip(prompts, cached):
+        sequence = list(prompt)
+        for token in new:  # no cache: the whole sequence again at every step
+            ids = torch.tensor([sequence])
+            logits = pipeline.step(ids, torch.ones_like(ids), pipeline.start())[0, -1]
+            assert int(logits.argmax()) == token
+            sequence.append(token)
+
+
+def test_left_pad():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_is_correct():
+    assert is_correct("12 + 5 = 17.\n#### 1,234", "1234")
+    assert is_correct("so the answer is 17", "17") and not is_correct("#### 18", "17")
+    assert is_correct("#### 3.50", "3.5") and not is_correct("no numbers", "3")
+    assert is_correct("Positive\nbecause...", "positive") and not is_correct("negative", "positive")
+
+
+@pytest.fixture(scope="module")
+def trained(stores, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "ladder"
+    train(stores["int8o"], out, side={"side_width": 16, "n_heads": 2}, data=DataConfig(epochs=1, val_fraction=0.2),
+          progress=False)
+    return out
+
+
+def test_evaluate_writes_predictions_and_metrics(trained, tmp_path):
+    metrics = evaluate(trained, split="test", limit=3, max_new_tokens=6, batch_size=2, out=tmp_path, progress=False)
+    assert metrics["examples"] == 3 and 0 <= metrics["accuracy"] <= 1 and metrics["model"] == "ladder"
+    assert 1 <= metrics["mean_cot_tokens"] <= 6 and metrics["tokens_per_second"] > 0
+    predictions = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [set(p) for p in predictions][0] == {"id", "question", "reference", "generation", "correct", "tokens"}
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    baseline = evaluate(trained, backbone_only=True, limit=2, max_new_tokens=4, progress=False)
+    assert baseline["model"] == "backbone" and (trained / "eval-backbone" / "metrics.json").is_file()
+
+
+def test_another_backbone_is_refused(trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    config = checkpoint.load_config(copy)
+    config["store"]["model"]["weights_hash"] = "0" * 64
+    (copy / "side_config.json").write_text(json.dumps(config))
+    with pytest.raises(EvalError, match="differs from the one the store was extracted from"):
+        evaluate(copy, limit=1, progress=False)
+    result = CliRunner().invoke(main, ["eval", str(copy), "--limit", "1"])
+    assert result.exit_code == 1 and "Error: the backbone found at" in result.output
+
+
+def test_teacher_forced_loss_needs_no_backbone(trained, stores, monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "__init__", lambda *a, **k: pytest.fail("backbone built"))
+    loss = teacher_forced_loss(trained, stores["int8o"])
+    assert 0 < loss < 20
+    result = CliRunner().invoke(main, ["loss", str(trained), str(stores["int8o"])])
+    assert result.exit_code == 0 and f"{loss:.4f}" in result.output
+    with pytest.raises(EvalError, match="codec differs"):
+        teacher_forced_loss(trained, stores["fp32"])

@@ -1,0 +1,135 @@
+"""Evaluation: chain-of-thought generation with the reloaded backbone, task metrics, and the
+backbone-free teacher-forced loss of a checkpoint on a store."""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from extract.backbone import resolve_backbone, same_backbone
+from extract.data import final_answer, last_number, load_examples
+from extract.prompts import encode_prompt
+from featurestore import FeatureStore, get_codec
+
+from .checkpoint import load_config, load_side
+from .data import plan, read_ahead
+from .generate import Pipeline, generate
+from .model import FrozenHead
+from .train import mean_loss, resolve_device
+
+FINISHED_ANSWER = re.compile(r"####\s*\$?\s*-?[\d,]*\.?\d+\s*\n")  # a GSM8K final line, ended
+
+
+class EvalError(ValueError):
+    """A checkpoint that cannot be evaluated as asked; the message says why."""
+
+
+def is_correct(text: str, reference: str) -> bool:
+    """Numeric exact match (``#### n``, else the last number) for numeric references; for labels,
+    the first line of the generation equals the label (case-insensitive)."""
+    try:
+        expected = float(reference)
+    except ValueError:
+        lines = text.strip().splitlines()
+        return bool(lines) and lines[0].strip().lower() == reference.strip().lower()
+    predicted = final_answer(text) or last_number(text)
+    try:
+        return predicted is not None and abs(float(predicted) - expected) <= 1e-6 * max(1.0, abs(expected))
+    except ValueError:
+        return False
+
+
+def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: str | None = None,
+             split: str = "test", limit: int | None = None, max_new_tokens: int = 128, batch_size: int = 16,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, out: str | Path | None = None,
+             device: str = "auto", progress: bool = True) -> dict:
+    """Generates answers for a dataset split with the checkpoint's side network (or, with
+    ``backbone_only``, its backbone alone: the baseline) and scores them. The backbone is
+    reloaded exactly as the checkpoint's store was extracted (weights, quantization, dtype);
+    another one is refused. Writes predictions.jsonl and metrics.json to ``out`` (default: a
+    subdirectory of the checkpoint). Returns the metrics."""
+    config = load_config(checkpoint)
+    store = config["store"]
+    backbone = _reload_backbone(store["model"], device)
+    head = FrozenHead(*backbone.head()).to(backbone.device)
+    side = None if backbone_only else load_side(checkpoint, backbone.device)[0]
+    pipeline = Pipeline(backbone, head, side, get_codec(store["codec"]))
+
+    data = store["dataset"]
+    examples, _ = load_examples(dataset or data["dataset"], split, question_field=data.get("question_field", "question"),
+                                answer_field=data.get("answer_field", "answer"), config=data.get("config"),
+                                seed=data.get("seed", 0), limit=limit)
+    tokenizer = backbone.tokenizer
+    prompts = [encode_prompt(tokenizer, e.question, store["template"]["name"]) for e in examples]
+    eos = {tokenizer.eos_token_id, store["template"].get("eos_token_id")} - {None}
+    stop = lambda tokens: tokens[-1] in eos or bool(FINISHED_ANSWER.search(tokenizer.decode(tokens)))
+
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batch similar lengths together
+    generated: dict[int, list[int]] = {}
+    start = time.perf_counter()
+    with tqdm(total=len(prompts), unit="example", desc="generate", disable=not progress, file=sys.stderr) as bar:
+        for b in range(0, len(order), batch_size):
+            batch = order[b : b + batch_size]
+            outputs = generate(pipeline, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
+                               pad_id=tokenizer.pad_token_id, stop=stop, temperature=temperature, top_p=top_p,
+                               seed=seed + b)
+            generated.update(zip(batch, outputs))
+            bar.update(len(batch))
+    seconds = time.perf_counter() - start
+
+    predictions = []
+    for i, example in enumerate(examples):
+        text = tokenizer.decode(generated[i], skip_special_tokens=True)
+        predictions.append({"id": example.meta["id"], "question": example.question, "reference": example.meta["final"],
+                            "generation": text, "correct": is_correct(text, example.meta["final"]),
+                            "tokens": len(generated[i])})
+    n_generated = sum(p["tokens"] for p in predictions)
+    metrics = {
+        "model": "backbone" if backbone_only else config["side"]["kind"],
+        "checkpoint": str(checkpoint), "dataset": dataset or data["dataset"], "split": split,
+        "examples": len(predictions), "accuracy": sum(p["correct"] for p in predictions) / len(predictions),
+        "mean_cot_tokens": n_generated / len(predictions), "tokens_per_second": n_generated / seconds,
+        "seconds": round(seconds, 2), "decoding": "greedy" if temperature == 0 else f"T={temperature}, top_p={top_p}",
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    out = Path(out) if out else Path(checkpoint) / ("eval-backbone" if backbone_only else "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+def _reload_backbone(model: dict, device: str):
+    """The backbone exactly as extracted, or an EvalError naming what differs."""
+    source = resolve_backbone(model["id"], quantization=model["quantization"], dtype=model["dtype"], device=device)
+    differences = same_backbone(source.info, model)
+    if differences:
+        raise EvalError(f"the backbone found at {model['id']} differs from the one the store was extracted from "
+                        f"({', '.join(differences)}); evaluate with the same weights, quantization and dtype")
+    return source.load()
+
+
+def teacher_forced_loss(checkpoint: str | Path, store: str | Path, token_budget: int = 4096,
+                        device: str = "auto") -> float:
+    """Mean loss per target token of a checkpoint on every example of a store; no backbone."""
+    config = load_config(checkpoint)
+    store = FeatureStore.open(store)
+    for key in ("codec",):
+        if store.attrs.get(key) != config["store"][key]:
+            raise EvalError(f"the store's {key} differs from the checkpoint's training store; use a store "
+                            "extracted the same way")
+    differences = same_backbone(store.attrs["model"], config["store"]["model"])
+    if differences:
+        raise EvalError(f"the store was extracted from another backbone ({', '.join(differences)})")
+    torch_device = resolve_device(device)
+    side, _ = load_side(checkpoint, torch_device)
+    head = FrozenHead(*store.head()).to(torch_device)
+    batches = plan(store, torch.arange(store.n_examples).numpy(), token_budget)
+    return mean_loss(side, head, (b.to(torch_device) for b in read_ahead(store, batches, side.config.inputs)))

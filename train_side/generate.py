@@ -1,0 +1,103 @@
+"""Autoregressive generation with the reloaded backbone: the only place it runs again.
+
+Generated tokens have no stored hidden states, so each step runs the backbone (with its KV
+cache), passes the tapped hidden states through the store's codec round-trip (the side network
+sees exactly the kind of input it was trained on), steps the side network (its own KV cache)
+and reads logits from the frozen head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from featurestore import Codec
+
+from .model import FrozenHead, KVCache, SideNetwork
+
+
+class Pipeline:
+    """Backbone -> codec round-trip -> side network -> frozen head; ``side=None`` is the
+    backbone alone (its own final state straight into the head: the baseline)."""
+
+    def __init__(self, backbone, head: FrozenHead, side: SideNetwork | None = None, codec: Codec | None = None):
+        self.backbone, self.head, self.side, self.codec = backbone, head, side, codec
+        self.device = backbone.device
+
+    def start(self) -> dict:
+        """Fresh caches for one batch of sequences."""
+        return {"backbone": None, "side": KVCache()}
+
+    @torch.inference_mode()
+    def step(self, input_ids: Tensor, attention_mask: Tensor, caches: dict) -> Tensor:
+        """Logits (B, T_new, V) for new tokens ``input_ids`` (B, T_new); ``attention_mask``
+        (B, cached + T_new) is 1 on real tokens, 0 on left padding."""
+        T = input_ids.shape[1]
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -T:]  # left padding shifts nothing
+        output = self.backbone.model.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+            past_key_values=caches["backbone"], use_cache=True, output_hidden_states=True,
+        )
+        caches["backbone"] = output.past_key_values
+        states = output.hidden_states
+        if self.side is None:
+            return self.head(states[-1].float())
+        hidden = {k: self.roundtrip(states[k]) for k in self.side.config.inputs}
+        y = self.side(hidden, cache=caches["side"], attention_mask=attention_mask)
+        return self.head(y)
+
+    def roundtrip(self, h: Tensor) -> Tensor:
+        """What the store would have given for these hidden states."""
+        rows = h.float().reshape(-1, h.shape[-1]).cpu().numpy()
+        return torch.from_numpy(self.codec.roundtrip(rows)).reshape(h.shape).to(self.device)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """(input_ids, attention_mask), both (B, T), prompts aligned to the right."""
+    T = max(map(len, prompts))
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p):] = torch.tensor(p)
+        mask[i, T - len(p):] = 1
+    return ids, mask
+
+
+def choose(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator) -> Tensor:
+    """Greedy when ``temperature`` is 0, else nucleus sampling. logits (B, V) -> tokens (B,)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # the smallest set reaching top_p
+    sorted_probs = sorted_probs * keep
+    picked = torch.multinomial(sorted_probs / sorted_probs.sum(-1, keepdim=True), 1, generator=generator)
+    return order.gather(-1, picked).squeeze(-1)
+
+
+def generate(pipeline: Pipeline, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int,
+             stop: Callable[[list[int]], bool], temperature: float = 0.0, top_p: float = 1.0,
+             seed: int = 0) -> list[list[int]]:
+    """Generates for a batch of prompts until every sequence is stopped (``stop(tokens)``, e.g.
+    EOS or a finished answer line) or ``max_new_tokens``; returns each sequence's new tokens."""
+    device = pipeline.device
+    ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))
+    caches = pipeline.start()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    logits = pipeline.step(ids, mask, caches)[:, -1]
+    outputs: list[list[int]] = [[] for _ in prompts]
+    done = np.zeros(len(prompts), dtype=bool)
+    for _ in range(max_new_tokens):
+        tokens = choose(logits, temperature, top_p, generator)
+        for i, token in enumerate(tokens.tolist()):
+            if not done[i]:
+                outputs[i].append(token)
+                done[i] = stop(outputs[i])
+        if done.all():
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits = pipeline.step(tokens[:, None], mask, caches)[:, -1]
+    return outputs
