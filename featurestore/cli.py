@@ -1,27 +1,44 @@
-"""`featurestore`: inspect, list and verify feature stores."""
+"""`featurestore`: inspect, list, verify and copy feature stores."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 from tqdm import tqdm
 
-from . import catalog
-from . import layout as L
+from . import catalog, inventory
 from .reader import FeatureStore
-from .storage import local_path, open_store, read_manifest, size_on_disk
+from .remote import REMOTE_CACHE_ENV
+from .storage import local_path
+from .transfer import TransferError, copy_store
 from .verify import count_objects, verify
 from .writer import StoreError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Inspect, list and verify feature stores (Zarr v3 groups of a frozen LLM's hidden states).
+    """Inspect, list, verify and copy feature stores (Zarr v3 groups of a frozen LLM's hidden states).
 
     A store is written once by `extract`; `train_side` reads it. STORE is a path or an fsspec URL
-    (file://, http(s)://, s3://, gs:// with s3fs/gcsfs installed).
+    (file://, http(s)://, s3://, gs:// with s3fs/gcsfs installed); a URL is read through a local
+    cache, so a second read is a local one. `push` and `pull` copy a store, checksums verified.
     """
+
+
+def cache_option(command):
+    """``--cache-dir``: the read cache for URLs, exported as $LADDER_REMOTE_CACHE so that every
+    store the command opens, and its worker processes, use it."""
+
+    def export(ctx, param, value):
+        if value is not None:
+            os.environ[REMOTE_CACHE_ENV] = value
+
+    return click.option("--cache-dir", default=None, expose_value=False, callback=export, metavar="DIR",
+                        help="Local read cache of stores given by URL; 'off' reads them uncached. "
+                             f"[default: ${REMOTE_CACHE_ENV}, else $LADDER_CACHE_DIR/remote, else "
+                             "~/.cache/ladder-cache/remote]")(command)
 
 
 def _open(location: str) -> FeatureStore:
@@ -29,6 +46,12 @@ def _open(location: str) -> FeatureStore:
         return FeatureStore.open(location, allow_incomplete=True)
     except StoreError as e:
         raise click.ClickException(str(e)) from None
+
+
+def _sizes(store: FeatureStore) -> tuple[dict[str, int], list[inventory.Section]]:
+    """{object: bytes} of a store, found from its metadata (no listing), and its sections."""
+    found = inventory.sections(store.group.store, store.attrs)
+    return inventory.sizes(store.group.store, store.attrs, found), found
 
 
 def _human(n: float) -> str:
@@ -47,28 +70,29 @@ def _describe(value) -> str:
     return " ".join([str(head), *extras]).strip()
 
 
-def _progress(store: FeatureStore) -> str:
+def _progress(store: FeatureStore, found: list[inventory.Section]) -> str:
     if store.complete:
         return "yes"
-    raw = open_store(store.location)
-    done = sum(read_manifest(raw, L.shard_manifest(j)) is not None for j in range(store.geometry.n_shards))
+    done = sum(section.raw is not None for section in found[1:])
     return f"no ({done}/{store.geometry.n_shards} shards written)"
 
 
 @main.command()
 @click.argument("store")
+@cache_option
 def info(store: str) -> None:
     """Describe STORE: model, dataset, layers, codec, tokens, size on disk, bytes/token, complete."""
     fs = _open(store)
     a = fs.attrs
-    size = size_on_disk(store)
-    part_size = lambda part: size_on_disk(f"{store.rstrip('/')}/{part}")
+    sizes, found = _sizes(fs)
+    size = sum(sizes.values())
+    part_size = lambda part: sum(n for key, n in sizes.items() if key.startswith(f"{part}/"))
     per_token = part_size("layers") + part_size("tokens")
     layers = list(fs.layers)
     rows = [
         ("store", store),
         ("fingerprint", fs.fingerprint),
-        ("complete", _progress(fs)),
+        ("complete", _progress(fs, found)),
         ("model", _describe(a.get("model", "?"))),
         ("dataset", _describe(a.get("dataset", "?"))),
         ("template", _describe(a.get("template", "?"))),
@@ -101,14 +125,12 @@ def _ranges(layers: list[int]) -> str:
 
 @main.command("ls")
 @click.argument("root", default=".")
+@cache_option
 def ls(root: str) -> None:
-    """List the feature stores directly under ROOT as a table."""
+    """List the feature stores directly under ROOT (a directory or URL) as a table."""
     path = local_path(root)
     if path is None:
-        import fsspec
-
-        fs, base = fsspec.core.url_to_fs(root)
-        candidates = [f"{root.rstrip('/')}/{Path(p).name}" for p in fs.ls(base, detail=False)]
+        candidates = _list_url(root)
     elif not path.is_dir():
         raise click.ClickException(f"{root} is not a directory")
     else:
@@ -122,7 +144,7 @@ def ls(root: str) -> None:
         a = s.attrs
         rows.append((Path(location).name, _describe(a.get("model", "?")), _describe(a.get("dataset", "?")),
                      f"{s.n_examples:,}", f"{s.n_tokens:,}", str(len(s.layers)), s.codec.name,
-                     _human(size_on_disk(location)), "yes" if s.complete else "NO", s.fingerprint[:12]))
+                     _human(sum(_sizes(s)[0].values())), "yes" if s.complete else "NO", s.fingerprint[:12]))
     if not rows:
         click.echo(f"no feature stores in {root}")
         return
@@ -132,8 +154,23 @@ def ls(root: str) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+def _list_url(root: str) -> list[str]:
+    """The URLs directly under ``root``: an object store lists them; an HTTP server only if it
+    serves directory pages."""
+    import fsspec
+
+    try:
+        fs, base = fsspec.core.url_to_fs(root)
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)]
+    except (OSError, ImportError, ValueError, NotImplementedError) as e:
+        raise click.ClickException(f"cannot list {root} ({str(e).splitlines()[0]}); a plain HTTP server may not list "
+                                   "directories: give a store's URL to `featurestore info` instead") from None
+    return [f"{root.rstrip('/')}/{name}" for name in names if name]
+
+
 @main.command("verify")
 @click.argument("store")
+@cache_option
 def verify_cmd(store: str) -> None:
     """Re-check every object of STORE against the checksums recorded when it was written.
 
@@ -144,6 +181,56 @@ def verify_cmd(store: str) -> None:
     if problems:
         for p in problems:
             click.echo(f"BAD  {p}", err=True)
-        raise click.ClickException(f"{len(problems)} problem(s) in {store}")
+        cache = getattr(fs.group.store, "cache", None)
+        note = f" (read through the cache {cache.root}: delete it to fetch again)" if cache is not None else ""
+        raise click.ClickException(f"{len(problems)} problem(s) in {store}{note}")
     state = "complete" if fs.complete else "incomplete (every written shard is intact)"
     click.echo(f"ok: every checksum matches; store is {state}")
+
+
+def _copy(source: str, dest: str, allow_incomplete: bool) -> None:
+    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="copy", leave=False) as bar:
+        def progress(nbytes: int, total: int) -> None:
+            bar.total = total
+            bar.update(nbytes)
+
+        try:
+            done = copy_store(source, dest, allow_incomplete=allow_incomplete, progress=progress)
+        except (StoreError, TransferError) as e:
+            raise click.ClickException(str(e).splitlines()[0]) from None
+        except (OSError, ImportError) as e:  # unreachable host, missing s3fs/gcsfs, unwritable destination
+            raise click.ClickException(f"cannot copy {source} to {dest}: {str(e).splitlines()[0]}") from None
+    if not done.copied and not done.present:
+        click.echo(f"{dest} already holds this complete store")
+        return
+    state = "complete" if done.complete else "incomplete, like its source"
+    click.echo(f"{done.copied} objects copied ({_human(done.nbytes)}), {done.present} already there; every checksum "
+               f"matches; {dest} is {state}")
+
+
+@main.command()
+@click.argument("store")
+@click.argument("url")
+@click.option("--allow-incomplete", is_flag=True, help="Copy the finished shards of an incomplete store.")
+def push(store: str, url: str, allow_incomplete: bool) -> None:
+    """Copy STORE to URL (a path, file://, s3:// or gs:// URL), object by object.
+
+    Every chunk and shard is checked against the checksum its manifest records; the copy is marked
+    complete last, only when every object arrived intact. Re-run to resume an interrupted copy."""
+    _copy(store, url, allow_incomplete)
+
+
+@main.command()
+@click.argument("url")
+@click.argument("dir", type=click.Path(file_okay=False))
+@click.option("--allow-incomplete", is_flag=True, help="Copy the finished shards of an incomplete store.")
+def pull(url: str, dir: str, allow_incomplete: bool) -> None:
+    """Copy the store at URL (http(s)://, s3://, gs://, file:// or a path) to DIR, object by object.
+
+    An existing directory that is not a store receives the copy under the URL's last name (like
+    cp). Every chunk and shard is checked against the checksum its manifest records; the copy is
+    marked complete last, only when every object arrived intact. Re-run to resume."""
+    path = Path(dir).expanduser()
+    if path.is_dir() and not (path / "zarr.json").exists():
+        path = path / url.rstrip("/").rsplit("/", 1)[-1]
+    _copy(url, str(path), allow_incomplete)

@@ -14,7 +14,8 @@ from zarr.core.sync import sync
 from . import layout as L
 from .codecs import Codec, get_codec
 from .layout import Geometry
-from .storage import open_store
+from .inventory import array_path
+from .storage import open_store, read_manifest
 from .writer import MARKER, StoreError
 
 
@@ -53,11 +54,16 @@ class FeatureStore:
 
     @classmethod
     def open(cls, location, *, allow_incomplete: bool = False, cache_dir: str | None = None) -> FeatureStore:
-        """Opens a store; refuses unknown format versions and, unless asked, incomplete stores."""
+        """Opens a store (a path or fsspec URL); refuses unknown format versions and, unless asked,
+        incomplete stores. A URL is read through a local cache (``cache_dir``, default
+        ``~/.cache/ladder-cache/remote``; ``"off"`` for none), so a second pass reads local disk."""
         try:
-            group = zarr.open_group(open_store(location, cache_dir=cache_dir), mode="r")
+            store = open_store(location, cache_dir=cache_dir)
+            group = zarr.open_group(store, mode="r", zarr_format=3, use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
             raise StoreError(f"no feature store at {location}") from None
+        except (OSError, ImportError, ValueError) as e:  # unreachable host, missing s3fs, unknown protocol
+            raise StoreError(f"cannot read {location}: {str(e).splitlines()[0]}") from None
         attrs = group.attrs
         if attrs.get("format") != MARKER:
             raise StoreError(f"{location} is a Zarr group but not a feature store")
@@ -105,9 +111,12 @@ class FeatureStore:
         return [json.loads(s) for s in self._array(L.META)[:]]
 
     def head(self) -> tuple[dict[str, np.ndarray], dict]:
-        """The frozen head weights and their config."""
-        group = self.group[L.HEAD]
-        return {name: array[...] for name, array in group.arrays()}, dict(group.attrs)
+        """The frozen head weights and their config. The weights are named by the layout manifest,
+        not by listing the group (which plain HTTP servers cannot do)."""
+        checksums = read_manifest(self.group.store, L.LAYOUT_MANIFEST)["checksums"]
+        paths = sorted({array_path(key) for key in checksums if key.startswith(f"{L.HEAD}/")})
+        weights = {path.split("/", 1)[1]: self._array(path)[...] for path in paths}
+        return weights, dict(self.group[L.HEAD].attrs)
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -1,11 +1,12 @@
 """Where a store lives: a local path or any fsspec URL, and raw access to its objects.
 
 Writers need a writable location (local or shared disk, or an object store); readers accept
-anything fsspec reads, optionally through a local read cache.
+anything fsspec reads, through a local read cache by default (see ``remote``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
+
+from .remote import open_remote
 
 
 def is_url(location: str | os.PathLike) -> bool:
@@ -29,18 +32,17 @@ def local_path(location: str | os.PathLike) -> Path | None:
     return None if is_url(text) else Path(text).expanduser()
 
 
-def open_store(location: str | os.PathLike, *, writable: bool = False, cache_dir: str | None = None) -> Store:
-    """A Zarr store for a path or URL. Remote reads go through fsspec's local file cache when
-    ``cache_dir`` is given, so a second pass over a remote store reads local disk."""
+def open_store(location: str | os.PathLike, *, writable: bool = False, cache_dir: str | os.PathLike | None = None) -> Store:
+    """A Zarr store for a path or URL. A URL read goes through the local read cache: ``cache_dir``,
+    else the default (``remote.cache_root``); ``"off"`` reads uncached."""
     path = local_path(location)
     if path is not None:
         return LocalStore(path, read_only=not writable)
-    url = str(location)
-    if cache_dir and not writable:
-        url = f"simplecache::{url}"
-        options = {"simplecache": {"cache_storage": str(cache_dir)}}
-        return FsspecStore.from_url(url, storage_options=options, read_only=True)
-    return FsspecStore.from_url(url, read_only=not writable)
+    if writable:
+        if str(location).startswith(("http://", "https://")):
+            raise ValueError(f"cannot write to {location}: HTTP is read-only here; use a path, file://, s3:// or gs://")
+        return FsspecStore.from_url(str(location), read_only=False)
+    return open_remote(str(location), cache_dir)
 
 
 def read_bytes(store: Store, key: str) -> bytes | None:
@@ -77,11 +79,33 @@ def write_manifest(store: Store, path: str, attributes: dict) -> None:
     write_json(store, f"{path}/zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": attributes})
 
 
-def list_keys(store: Store, prefix: str = "") -> list[str]:
-    async def collect():
-        return [key async for key in store.list_prefix(prefix)]
+def read_many(store: Store, keys: list[str]) -> list[bytes | None]:
+    """Several objects in one concurrent request (None for each missing one)."""
 
-    return sync(collect())
+    async def gather():
+        return await asyncio.gather(*(store.get(key, prototype=default_buffer_prototype()) for key in keys))
+
+    return [None if buf is None else buf.to_bytes() for buf in sync(gather())]
+
+
+def object_sizes(store: Store, keys: list[str]) -> list[int]:
+    """Bytes of each object (0 when missing): a stat locally, a HEAD request over HTTP."""
+
+    async def size(key):
+        try:
+            return await store.getsize(key)
+        except FileNotFoundError:
+            return 0
+
+    async def gather():
+        return await asyncio.gather(*(size(key) for key in keys))
+
+    return sync(gather())
+
+
+def root_attrs(store: Store) -> dict:
+    """The root group's attributes ({} when there is no readable root)."""
+    return (read_json(store, "zarr.json") or {}).get("attributes", {})
 
 
 def digest(data: bytes) -> str:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import zarr
+from .inventory import sections
+from .storage import digest, open_store, read_many, root_attrs
 
-from . import layout as L
-from .layout import Geometry
-from .storage import digest, open_store, read_bytes, read_manifest
+WINDOW = 16  # objects read at once: concurrent requests over a network, bounded memory
 
 
 @dataclass(frozen=True)
@@ -26,34 +25,25 @@ def verify(location, *, progress=None, cache_dir: str | None = None) -> list[Pro
 
     ``progress`` is called with the number of objects checked so far (for a progress bar)."""
     store = open_store(location, cache_dir=cache_dir)
-    attrs = dict(zarr.open_group(store, mode="r").attrs)
-    geometry = Geometry(attrs["n_tokens"], attrs["chunk_tokens"], attrs["shard_tokens"])
     problems: list[Problem] = []
-    sections = [("layout", L.LAYOUT_MANIFEST)]
-    sections += [(f"shard {j} (tokens {lo}-{hi - 1})", L.shard_manifest(j))
-                 for j in range(geometry.n_shards) for lo, hi in [geometry.shard_range(j)]]
-    checked = 0
-    for where, manifest_key in sections:
-        manifest = read_manifest(store, manifest_key)
-        if manifest is None:
-            problems.append(Problem(where, manifest_key, "missing manifest (shard never finished)"))
-            continue
-        for key, expected in sorted(manifest["checksums"].items()):
-            data = read_bytes(store, key)
+    checks = []
+    for section in sections(store, root_attrs(store)):
+        if section.checksums is None:
+            problems.append(Problem(section.where, section.manifest, "missing manifest (shard never finished)"))
+        checks += [(section.where, key, expected) for key, expected in sorted((section.checksums or {}).items())]
+    for start in range(0, len(checks), WINDOW):
+        window = checks[start : start + WINDOW]
+        for (where, key, expected), data in zip(window, read_many(store, [key for _, key, _ in window])):
             if data is None:
                 problems.append(Problem(where, key, "missing object"))
             elif digest(data) != expected:
                 problems.append(Problem(where, key, "checksum mismatch"))
-            checked += 1
-            if progress:
-                progress(checked)
+        if progress:
+            progress(start + len(window))
     return problems
 
 
 def count_objects(location, cache_dir: str | None = None) -> int:
     """How many objects ``verify`` will check (manifests are tiny; reads them all)."""
     store = open_store(location, cache_dir=cache_dir)
-    attrs = dict(zarr.open_group(store, mode="r").attrs)
-    geometry = Geometry(attrs["n_tokens"], attrs["chunk_tokens"], attrs["shard_tokens"])
-    keys = [L.LAYOUT_MANIFEST] + [L.shard_manifest(j) for j in range(geometry.n_shards)]
-    return sum(len(m["checksums"]) for k in keys if (m := read_manifest(store, k)))
+    return sum(len(section.checksums or {}) for section in sections(store, root_attrs(store)))

@@ -30,3 +30,54 @@ def smollm2_tokenizer(request, tmp_path_factory):
     tokenizer.save_pretrained(saved)
     (saved / "complete").touch()  # last, so an interrupted save is redone
     return tokenizer
+
+
+class HTTPServer:
+    """A plain HTTP server on 127.0.0.1 (a free port) serving ``directory`` from a thread, quietly.
+    It records every request as (method, path). Python's http.server ignores Range headers: stores
+    must be readable without them."""
+
+    def __init__(self, directory):
+        import functools
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        requests = self.requests = []
+
+        class Handler(SimpleHTTPRequestHandler):
+            def send_head(self):
+                requests.append((self.command, self.path))
+                return super().send_head()
+
+            def log_message(self, *args):
+                pass
+
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # the default 5 drops concurrent connections: 1 s SYN retries
+
+        self.httpd = Server(("127.0.0.1", 0), functools.partial(Handler, directory=str(directory)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.thread.join()
+
+
+@pytest.fixture
+def http_server(tmp_path, monkeypatch):
+    """``start(directory) -> HTTPServer``; every server started is stopped at the end. Remote
+    reads are cached under the test's own directory, never in ~/.cache."""
+    monkeypatch.setenv("LADDER_REMOTE_CACHE", str(tmp_path / "read-cache"))
+    servers = []
+
+    def start(directory) -> HTTPServer:
+        servers.append(HTTPServer(directory))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -7,6 +7,7 @@ import functools
 import click
 
 from featurestore import StoreError
+from featurestore.cli import cache_option
 
 from .sweep import GridError, format_table, load_grid, parse_grid_options, sweep
 from .train import DataConfig, OptimConfig, train
@@ -19,7 +20,8 @@ def main() -> None:
     """Train Ladder / xLadder side networks from a feature store written by `extract`.
 
     Training reads hidden states from the store only: no backbone is loaded, so many runs fit on
-    a small GPU or a CPU. `sweep` trains a grid of settings over one pass of the data.
+    a small GPU or a CPU. `sweep` trains a grid of settings over one pass of the data. STORE is a
+    path or a URL (http(s)://, s3://, gs://, file://), read through a local cache (--cache-dir).
     """
 
 
@@ -27,6 +29,7 @@ def training_options(command):
     """The options shared by `train` and `sweep` (a sweep's base settings)."""
     options = [
         click.argument("store"),
+        cache_option,
         click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory."),
         click.option("--kind", type=click.Choice(["ladder", "xladder"]), default="ladder"),
         click.option("--taps", default=None, help="Ladder: backbone blocks feeding ladders, e.g. 10,20,30 (default all)."),
@@ -139,6 +142,7 @@ def eval_cmd(checkpoint, **options) -> None:
 @click.argument("store")
 @click.option("--token-budget", default=4096)
 @click.option("--device", default="auto")
+@cache_option
 def loss_cmd(checkpoint, store, token_budget, device) -> None:
     """Teacher-forced loss per target token of CHECKPOINT on every example of STORE (e.g. the
     test split's store). Needs no backbone."""
