@@ -8,11 +8,12 @@ from featurestore import CODECS, CodecError, StoreError
 
 from .backbone import QUANTIZATIONS, BackboneError
 from .data import DataError
+from .distributed import DistributedError, Ranks
 from .plan import PlanError
 from .prompts import TEMPLATES, TemplateError
 from .run import extract
 
-ERRORS = (BackboneError, DataError, PlanError, TemplateError, StoreError, CodecError)
+ERRORS = (BackboneError, DataError, PlanError, TemplateError, StoreError, CodecError, DistributedError)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -48,11 +49,16 @@ def main(**options) -> None:
     tokens), compressed hidden states of the chosen layers and the frozen LM head, so that
     `train_side` can train side networks from it with no backbone in memory.
 
+    Launched by torchrun, the ranks (one GPU each: cuda:LOCAL_RANK; gloo on CPU) write disjoint
+    shards of one store and rank 0 completes it once every rank succeeded. A second run of the
+    same store into the same --root waits for the first, then reports a cache hit.
+
     \b
     Examples:
       extract                                    # SmolLM2-135M over the arith train split
       extract --split test --limit 200
       extract --model ./my-llama --quantization nf4 --dataset gsm8k.jsonl --layers every:2
+      torchrun --nproc-per-node 4 -m extract --model ./my-llama --root /shared/stores
     """
     _quiet_libraries()
     try:
@@ -61,6 +67,8 @@ def main(**options) -> None:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
         raise click.ClickException("interrupted; finished shards are kept: rerun with --resume to continue") from None
+    if not Ranks.from_env().leader:
+        return  # rank 0 reports for every rank
     if result.cached:
         click.echo(f"cache hit: {result.store} already holds this store (fingerprint {result.fingerprint[:12]}); "
                    "nothing to compute")

@@ -1,8 +1,13 @@
-"""A root directory of stores: what is in it, and which store has a given fingerprint."""
+"""A root directory of stores: what is in it, which store has a given fingerprint, and who is
+writing one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from .storage import open_store, read_json
 from .writer import MARKER
@@ -24,3 +29,30 @@ def find(root, fingerprint: str) -> tuple[Path, dict] | None:
     """(path, attrs) of the store under ``root`` with this fingerprint, preferring a complete one."""
     matches = [(path, attrs) for path, attrs in stores_in(root) if attrs.get("fingerprint") == fingerprint]
     return max(matches, key=lambda m: bool(m[1].get("complete")), default=None)
+
+
+LOCKS = ".locks"  # root/.locks/<fingerprint>.lock: hidden, never mistaken for a store
+
+
+@contextmanager
+def lock(root, fingerprint: str, on_wait: Callable[[Path], None] = lambda path: None) -> Iterator[Path]:
+    """Holds the root's lock on ``fingerprint`` for the block: one writer per content, so two runs
+    extracting the same store into one root never write it at once. The second waits (``on_wait``
+    is told the lock's path first) and, once the first is done, finds its store complete.
+
+    An advisory file lock (flock, through ``filelock``): it holds between processes of one machine
+    and across machines on shared filesystems that support flock (NFSv4, Lustre, CephFS). The OS
+    releases it when its holder dies, so a crashed run never blocks the next one.
+    """
+    path = Path(root) / LOCKS / f"{fingerprint}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    held = FileLock(path)
+    try:
+        held.acquire(blocking=False)
+    except Timeout:
+        on_wait(path)
+        held.acquire()
+    try:
+        yield path
+    finally:
+        held.release()

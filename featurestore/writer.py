@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import zarr
@@ -57,8 +57,12 @@ class StoreWriter:
     store; ``resume=True`` continues it after its finished shards and never rewrites one.
 
     ``shards`` restricts the writer to some shards (distributed extraction: each rank owns a
-    disjoint set); rows of other shards are dropped. Only a writer that owns every shard
-    finalises on exit; otherwise call :func:`finalize` once all writers are done.
+    disjoint set); rows of other shards are dropped. It may be a function of the store's
+    :class:`Geometry`, because a resumed store keeps the geometry it was created with. Only a writer
+    that owns every shard finalises on exit; otherwise call :func:`finalize` once all writers are
+    done. ``attach=True`` joins a store that another writer of the same run has just created or
+    resumed (rank 0 creates, the other ranks attach after a barrier): it never creates, so a rank
+    can never wipe what rank 0 wrote, and it needs no ``resume``.
     """
 
     def __init__(
@@ -71,7 +75,8 @@ class StoreWriter:
         head: dict[str, np.ndarray] | None = None,
         head_config: dict | None = None,
         resume: bool = False,
-        shards: Iterable[int] | None = None,
+        attach: bool = False,
+        shards: Iterable[int] | Callable[[Geometry], Iterable[int]] | None = None,
         chunk_mb: float = 4.0,
         extra_attrs: dict | None = None,
     ):
@@ -85,18 +90,22 @@ class StoreWriter:
         self._store = ChecksumStore(open_store(location, writable=True))
         existing = self._existing_attrs()
         if existing and read_manifest(self._store, L.LAYOUT_MANIFEST) is not None:
-            if not resume:
+            if not (resume or attach):
                 raise StoreError(
                     f"{location} holds an interrupted write of this store; resume it (--resume) or choose a new path"
                 )
             self.group = zarr.open_group(self._store, mode="r+")
             self.geometry = Geometry(tokens.n_tokens, existing["chunk_tokens"], existing["shard_tokens"])
+        elif attach:
+            raise StoreError(f"{location} has not been created: nothing to attach to")
         else:
             self.geometry = Geometry.plan(tokens.n_tokens, spec.row_bytes(), chunk_mb)
             self.group = self._create(meta, head, head_config, extra_attrs or {})
         self._arrays = {
             (k, name): self.group[L.layer_path(k, name)] for k in spec.layers for name in self.codec.parts()
         }
+        if callable(shards):
+            shards = shards(self.geometry)
         owned = set(range(self.geometry.n_shards)) if shards is None else set(shards)
         self.owns_all = owned == set(range(self.geometry.n_shards))
         self._todo = {j for j in owned if read_manifest(self._store, L.shard_manifest(j)) is None}

@@ -222,3 +222,22 @@ def test_empty_token_table_is_refused(tmp_path):
 
     with pytest.raises(StoreError, match="no tokens"):
         StoreWriter(tmp_path / "s.zarr", synth.spec(), TokenTable.from_examples([], []))
+
+
+def test_attach_joins_a_created_store_and_never_creates_one(tmp_path):
+    """Distributed extraction: rank 0 creates, the others attach (no resume needed) with a share
+    of shards computed from the store's own geometry."""
+    tokens, path = synth.token_table(), tmp_path / "s.zarr"
+    kw = dict(meta=[{"id": i, "final": str(i * 7)} for i in range(tokens.n_examples)], head=synth.head(), chunk_mb=0.004)
+    with pytest.raises(StoreError, match="nothing to attach to"):
+        StoreWriter(path, synth.spec(), tokens, attach=True, **kw)
+    first = StoreWriter(path, synth.spec(), tokens, shards=lambda g: range(g.n_shards // 2), **kw)
+    second = StoreWriter(path, synth.spec(), tokens, attach=True, shards=lambda g: range(g.n_shards // 2, g.n_shards))
+    n = first.geometry.n_shards
+    for writer, (mine, other) in ((first, (0, n - 1)), (second, (n - 1, 0))):
+        assert writer.needs(*writer.geometry.shard_range(mine)) and not writer.needs(*writer.geometry.shard_range(other))
+        writer.write(0, synth.states(tokens))
+        writer.close()
+    finalize(path)
+    synth.write_store(tmp_path / "one.zarr", tokens)
+    assert _same_arrays(path, tmp_path / "one.zarr")
