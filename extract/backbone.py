@@ -294,6 +294,15 @@ class BackboneSource:
         return Backbone(causal_lm, self.tokenizer, self.info, self.device)
 
 
+def quiet_libraries() -> None:
+    """Our own progress bars tell the story; the libraries' loading bars would bury them."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def resolve_backbone(model: str, *, quantization: str = "none", dtype: str = "auto", device: str = "auto") -> BackboneSource:
     """Locates a frozen causal LM and describes it without loading its weights: a packaged alias
     (smollm2-135m, gemma3-270m), a local Hugging Face directory, or a hub id; optionally

@@ -6,7 +6,7 @@ import click
 
 from featurestore import CODECS, CodecError, StoreError
 
-from .backbone import QUANTIZATIONS, BackboneError
+from .backbone import QUANTIZATIONS, BackboneError, quiet_libraries
 from .data import DataError
 from .distributed import DistributedError, Ranks
 from .plan import PlanError
@@ -60,7 +60,7 @@ def main(**options) -> None:
       extract --model ./my-llama --quantization nf4 --dataset gsm8k.jsonl --layers every:2
       torchrun --nproc-per-node 4 -m extract --model ./my-llama --root /shared/stores
     """
-    _quiet_libraries()
+    quiet_libraries()
     try:
         result = extract(**options)
     except ERRORS as e:
@@ -87,11 +87,3 @@ def main(**options) -> None:
     click.echo(f"store        {result.store}\nfingerprint  {result.fingerprint}\n"
                f"size         {size / 2**20:.1f} MB ({size / result.n_tokens:,.0f} bytes/token)")
 
-
-def _quiet_libraries() -> None:
-    """Our own progress bar tells the story; the libraries' loading bars would bury it."""
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()

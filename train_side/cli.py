@@ -123,11 +123,12 @@ def eval_cmd(checkpoint, **options) -> None:
     """Generate chain-of-thought answers with the backbone reloaded exactly as the checkpoint's
     store was extracted, the side network on top, and score them: exact-match accuracy (GSM8K
     `#### n`, last-number fallback) or label accuracy, mean CoT length, tokens/s."""
-    from extract.backbone import BackboneError
+    from extract.backbone import BackboneError, quiet_libraries
     from extract.data import DataError
 
     from .evaluate import EvalError, evaluate
 
+    quiet_libraries()
     try:
         m = evaluate(checkpoint, **options)
     except (*ERRORS, EvalError, BackboneError, DataError) as e:
