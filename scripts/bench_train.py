@@ -103,7 +103,8 @@ def peak_memory(mode: str, store_path: Path, data: DataConfig, out: Path) -> flo
 
 
 def probe(mode: str, store_path: str, out: str, data_json: str) -> None:
-    """Runs in a subprocess: prints RSS growth (MB) from after imports to the peak."""
+    """Runs in a subprocess: prints RSS growth (MB) from after imports to the peak. The peak is
+    VmHWM: ru_maxrss would report the (larger) parent's, inherited through fork."""
     data = DataConfig(**json.loads(data_json))
     baseline = rss_mb()
     store = FeatureStore.open(store_path)
@@ -118,16 +119,42 @@ def probe(mode: str, store_path: str, out: str, data_json: str) -> None:
         run = make_run(store, Path(out) / "probe-live", params, data, len(train_batches))
         for indices in train_batches:
             run.train_step(live_batch(backbone, store, indices, run.side.inputs)[0])
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline)
+    print(peak_rss_mb() - baseline)
 
 
 def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM, in kB in /proc/self/status)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
 def final_val_loss(store_path: Path, out: Path, data: DataConfig) -> float:
     [row] = sweep(store_path, out, {"kind": ["ladder"]}, data=data, progress=False)
     return row["val_loss"]
+
+
+def cached_vs_live(store, work: Path, data: DataConfig, epochs: int, extract_seconds: float, n_batches: int) -> None:
+    """Every configuration from the store (one-off extraction included) vs with the backbone live."""
+    sweep_start = time.perf_counter()
+    sweep(store, work / "sweep", GRID, data=data, progress=False)
+    cached = extract_seconds + time.perf_counter() - sweep_start
+    side_seconds = [json.loads((work / "sweep" / d / "side_config.json").read_text())["train_seconds"]
+                    for d in (p.name for p in (work / "sweep").iterdir() if p.is_dir())]
+    S = float(np.mean(side_seconds)) / (epochs * n_batches)
+
+    backbone = load_backbone("smollm2-135m")
+    live, forwards = live_lst(backbone, store, data, work / "live")
+    F = float(np.median(forwards))
+    NE = len(expand(GRID)) * epochs
+    ideal = NE * (F + S) / (F + NE * S)
+    print(f"\n1. cached (extraction {extract_seconds:.0f} s + sweep)  {cached:7.1f} s")
+    print(f"   live LST                               {live:7.1f} s")
+    print(f"   speed-up {live / cached:.2f}x;  F = {F:.2f} s, S = {S:.2f} s per batch;  ideal {ideal:.2f}x;  "
+          f"reached {live / cached / ideal:.0%} of ideal")
 
 
 def main() -> None:
@@ -136,7 +163,9 @@ def main() -> None:
     parser.add_argument("--token-budget", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--parity-epochs", type=int, default=4)
+    parser.add_argument("--parts", default="1,2,3,4", help="Which of the four comparisons to run.")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     data = DataConfig(epochs=args.epochs, token_budget=args.token_budget, val_fraction=0.1)
     work = Path(tempfile.mkdtemp(prefix="bench_train-"))
     n_configs = len(expand(GRID))
@@ -146,42 +175,34 @@ def main() -> None:
     extract_seconds = time.perf_counter() - start
     store = FeatureStore.open(extraction.store)
     train_batches, _ = batches(store, data)
-    sweep_start = time.perf_counter()
-    sweep(store, work / "sweep", GRID, data=data, progress=False)
-    cached = extract_seconds + time.perf_counter() - sweep_start
-    side_seconds = [json.loads((work / "sweep" / d / "side_config.json").read_text())["train_seconds"]
-                    for d in (p.name for p in (work / "sweep").iterdir() if p.is_dir())]
-    S = float(np.mean(side_seconds)) / (args.epochs * len(train_batches))
-
-    backbone = load_backbone("smollm2-135m")
-    live, forwards = live_lst(backbone, store, data, work / "live")
-    F = float(np.median(forwards))
-    NE = n_configs * args.epochs
-    ideal = NE * (F + S) / (F + NE * S)
     print(f"SmolLM2-135M float32, CPU ({torch.get_num_threads()} threads); {store.n_tokens} tokens of arith, "
           f"{len(train_batches)} training batches of <= {args.token_budget} padded tokens; "
-          f"{n_configs} configurations x {args.epochs} epochs\n")
-    print(f"1. cached (extraction {extract_seconds:.0f} s + sweep)  {cached:7.1f} s")
-    print(f"   live LST                               {live:7.1f} s")
-    print(f"   speed-up {live / cached:.2f}x;  F = {F:.2f} s, S = {S:.2f} s per batch;  ideal {ideal:.2f}x;  "
-          f"reached {live / cached / ideal:.0%} of ideal")
+          f"{n_configs} configurations x {args.epochs} epochs")
+    if "1" in parts:
+        cached_vs_live(store, work, data, args.epochs, extract_seconds, len(train_batches))
+    if "2" in parts:
+        from_store, from_ram = loader_overhead(store, data, work / "loader")
+        print(f"\n2. epoch from the store {from_store:.1f} s, from RAM {from_ram:.1f} s: loader overhead "
+              f"{from_store / from_ram - 1:+.0%}")
 
-    from_store, from_ram = loader_overhead(store, data, work / "loader")
-    print(f"\n2. epoch from the store {from_store:.1f} s, from RAM {from_ram:.1f} s: loader overhead "
-          f"{from_store / from_ram - 1:+.0%}")
+    if "3" in parts:
+        cached_mb = peak_memory("cached", Path(extraction.store), data, work / "mem")
+        live_mb = peak_memory("live", Path(extraction.store), data, work / "mem")
+        print(f"\n3. peak RSS growth: train_side {cached_mb:.0f} MB, live LST {live_mb:.0f} MB "
+              f"({cached_mb / live_mb:.0%} of live)")
 
-    cached_mb = peak_memory("cached", Path(extraction.store), data, work / "mem")
-    live_mb = peak_memory("live", Path(extraction.store), data, work / "mem")
-    print(f"\n3. peak RSS growth: train_side {cached_mb:.0f} MB, live LST {live_mb:.0f} MB "
-          f"({cached_mb / live_mb:.0%} of live)")
+    if "4" in parts:
+        parity_loss(args, extraction, work)
+    print(f"\n(work files in {work})")
 
+
+def parity_loss(args, extraction, work: Path) -> None:
     lossless = extract("smollm2-135m", limit=args.limit, root=work / "stores", codec="fp32", progress=False)
     parity = DataConfig(epochs=args.parity_epochs, token_budget=args.token_budget, val_fraction=0.1)
     lossy_loss = final_val_loss(Path(extraction.store), work / "parity-int8o", parity)
     fp32_loss = final_val_loss(Path(lossless.store), work / "parity-fp32", parity)
     print(f"\n4. validation loss after {args.parity_epochs} epochs: int8o store {lossy_loss:.4f}, fp32 store "
           f"{fp32_loss:.4f} ({lossy_loss / fp32_loss - 1:+.2%})")
-    print(f"\n(work files in {work})")
 
 
 if __name__ == "__main__":
