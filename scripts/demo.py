@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 STORES, RUNS = Path("stores"), Path("runs/demo")
-TRAIN, TEST = 1200, 100  # arith examples
+TRAIN, TEST = 1000, 100  # arith examples
 SIDE = {  # the two side networks: (name, train_side options)
     "ladder": ["--kind", "ladder", "--every", "3", "--reduction", "4"],
     "xladder": ["--kind", "xladder", "--delta", "2", "--reduction", "4"],
 }
 TRAINING = ["--epochs", "3", "--lr", "3e-3", "--token-budget", "1024"]  # small batches: more steps per second
-EVAL = ["--split", "test", "--limit", str(TEST), "--max-new-tokens", "96", "--batch-size", "25"]
+EVAL = ["--split", "test", "--limit", str(TEST), "--max-new-tokens", "80", "--batch-size", "25"]
 
 
 def run(*command: str) -> tuple[str, float, float]:
