@@ -107,7 +107,7 @@ def test_interrupted_extraction_resumes_to_the_uninterrupted_store(tmp_path, tin
     """Ctrl-C, then SIGKILL, then --resume: the same store as one uninterrupted run."""
     root = tmp_path / "interrupted"
     first = start(tiny["llama"], root)
-    wait_for_shards(root, 2, first)
+    wait_for_shards(root, 1, first)  # the first shard: most of the run is still ahead of the signal
     first.send_signal(signal.SIGINT)
     _, err = first.communicate()
     assert first.returncode == 1 and "rerun with --resume" in err and "Traceback" not in err
