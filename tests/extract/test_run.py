@@ -94,7 +94,10 @@ OPTIONS = ["--limit", "120", "--codec", "fp32", "--chunk-mb", "0.04", "--token-b
 
 def start(model: Path, root: Path, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "extract", *OPTIONS, "--model", str(model), "--root", str(root), *extra]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps it
+    # ignored: restore the default so Ctrl-C reaches the child as it would from a terminal.
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_shards(root: Path, n: int, process: subprocess.Popen) -> None:
@@ -107,7 +110,7 @@ def test_interrupted_extraction_resumes_to_the_uninterrupted_store(tmp_path, tin
     """Ctrl-C, then SIGKILL, then --resume: the same store as one uninterrupted run."""
     root = tmp_path / "interrupted"
     first = start(tiny["llama"], root)
-    wait_for_shards(root, 1, first)  # the first shard: most of the run is still ahead of the signal
+    wait_for_shards(root, 2, first)
     first.send_signal(signal.SIGINT)
     _, err = first.communicate()
     assert first.returncode == 1 and "rerun with --resume" in err and "Traceback" not in err
