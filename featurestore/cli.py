@@ -13,7 +13,7 @@ from .reader import FeatureStore
 from .remote import REMOTE_CACHE_ENV
 from .storage import local_path
 from .transfer import TransferError, copy_store
-from .verify import count_objects, verify
+from .verify import verify
 from .writer import StoreError
 
 
@@ -176,8 +176,12 @@ def verify_cmd(store: str) -> None:
 
     Exits non-zero, naming each bad shard and object, if anything is missing or corrupt."""
     fs = _open(store)
-    with tqdm(total=count_objects(store), unit="obj", desc="verify", leave=False) as bar:
-        problems = verify(store, progress=lambda n: bar.update(n - bar.n))
+    with tqdm(unit="obj", desc="verify", leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        problems = verify(store, progress=progress)
     if problems:
         for p in problems:
             click.echo(f"BAD  {p}", err=True)

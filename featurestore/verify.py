@@ -23,7 +23,7 @@ class Problem:
 def verify(location, *, progress=None, cache_dir: str | None = None) -> list[Problem]:
     """Every problem found; an empty list means every recorded checksum matches.
 
-    ``progress`` is called with the number of objects checked so far (for a progress bar)."""
+    ``progress(done, total)`` is told how many objects are checked so far, out of how many."""
     store = open_store(location, cache_dir=cache_dir)
     problems: list[Problem] = []
     checks = []
@@ -39,11 +39,5 @@ def verify(location, *, progress=None, cache_dir: str | None = None) -> list[Pro
             elif digest(data) != expected:
                 problems.append(Problem(where, key, "checksum mismatch"))
         if progress:
-            progress(start + len(window))
+            progress(start + len(window), len(checks))
     return problems
-
-
-def count_objects(location, cache_dir: str | None = None) -> int:
-    """How many objects ``verify`` will check (manifests are tiny; reads them all)."""
-    store = open_store(location, cache_dir=cache_dir)
-    return sum(len(section.checksums or {}) for section in sections(store, root_attrs(store)))

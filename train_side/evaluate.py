@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+import numpy as np
 from tqdm import tqdm
 
 from extract.backbone import resolve_backbone, same_backbone
@@ -121,15 +121,14 @@ def teacher_forced_loss(checkpoint: str | Path, store: str | Path, token_budget:
     """Mean loss per target token of a checkpoint on every example of a store; no backbone."""
     config = load_config(checkpoint)
     store = FeatureStore.open(store)
-    for key in ("codec",):
-        if store.attrs.get(key) != config["store"][key]:
-            raise EvalError(f"the store's {key} differs from the checkpoint's training store; use a store "
-                            "extracted the same way")
+    if store.attrs.get("codec") != config["store"]["codec"]:
+        raise EvalError("the store's codec differs from the checkpoint's training store; use a store extracted "
+                        "the same way")
     differences = same_backbone(store.attrs["model"], config["store"]["model"])
     if differences:
         raise EvalError(f"the store was extracted from another backbone ({', '.join(differences)})")
     torch_device = resolve_device(device)
     side, _ = load_side(checkpoint, torch_device)
     head = FrozenHead(*store.head()).to(torch_device)
-    batches = plan(store, torch.arange(store.n_examples).numpy(), token_budget)
+    batches = plan(store, np.arange(store.n_examples), token_budget)
     return mean_loss(side, head, (b.to(torch_device) for b in read_ahead(store, batches, side.config.inputs)))
