@@ -50,7 +50,17 @@ class Codec:
     def encode(self, x: np.ndarray) -> Parts:
         raise NotImplementedError
 
-    def decode(self, parts: Parts) -> np.ndarray:
+    def decode(self, parts: Parts, out: np.ndarray | None = None) -> np.ndarray:
+        """Decoded float32 (n, hidden), written into ``out`` when given (a float32 (n, hidden) view,
+        e.g. one example's rows of a padded batch: a reader decodes straight into place)."""
+        if out is None:
+            n = len(next(iter(parts.values())))
+            width = next(p for name, p in parts.items() if self.parts()[name].width == "hidden").shape[1]
+            out = np.empty((n, width), dtype=np.float32)
+        self._decode_into(parts, out)
+        return out
+
+    def _decode_into(self, parts: Parts, out: np.ndarray) -> None:
         raise NotImplementedError
 
     def roundtrip(self, x: np.ndarray) -> np.ndarray:
@@ -71,8 +81,8 @@ class Float32(Codec):
     def encode(self, x):
         return {"values": np.asarray(x, dtype=np.float32)}
 
-    def decode(self, parts):
-        return np.asarray(parts["values"], dtype=np.float32)
+    def _decode_into(self, parts, out):
+        np.copyto(out, parts["values"])
 
 
 class Float16(Codec):
@@ -85,8 +95,8 @@ class Float16(Codec):
     def encode(self, x):
         return {"values": x.astype(np.float16)}
 
-    def decode(self, parts):
-        return parts["values"].astype(np.float32)
+    def _decode_into(self, parts, out):
+        np.copyto(out, parts["values"])
 
 
 class BFloat16(Codec):
@@ -102,8 +112,8 @@ class BFloat16(Codec):
         rounded = u + (0x7FFF + ((u >> 16) & 1))
         return {"values": (rounded >> 16).astype(np.uint16)}
 
-    def decode(self, parts):
-        return (parts["values"].astype(np.uint32) << 16).view(np.float32)
+    def _decode_into(self, parts, out):
+        np.left_shift(parts["values"], 16, out=out.view(np.uint32), dtype=np.uint32)
 
 
 class Int8(Codec):
@@ -122,8 +132,8 @@ class Int8(Codec):
         codes = np.rint(x / scale[:, None]).astype(np.int8)
         return {"codes": codes, "scale": scale.astype(np.float32)}
 
-    def decode(self, parts):
-        return np.multiply(parts["codes"], parts["scale"][:, None], dtype=np.float32)
+    def _decode_into(self, parts, out):
+        np.multiply(parts["codes"], parts["scale"][:, None], out=out)
 
 
 class Int8Outlier(Codec):
@@ -182,13 +192,12 @@ class Int8Outlier(Codec):
             "outlier_value": (value / step[:, None]).astype(np.float16),
         }
 
-    def decode(self, parts):
-        x = np.multiply(parts["codes"], parts["scale"][:, None], dtype=np.float32)
+    def _decode_into(self, parts, out):
+        scale = parts["scale"][:, None]
+        np.multiply(parts["codes"], scale, out=out)
         if self.outliers:
-            rows = np.arange(len(x))[:, None]
-            value = np.multiply(parts["outlier_value"], parts["scale"][:, None], dtype=np.float32)
-            x[rows, parts["outlier_index"].astype(np.intp)] = value
-        return x
+            rows = np.arange(len(out))[:, None]
+            out[rows, parts["outlier_index"].astype(np.intp)] = np.multiply(parts["outlier_value"], scale, dtype=np.float32)
 
 
 def top_abs_indices(magnitude: np.ndarray, k: int) -> np.ndarray:

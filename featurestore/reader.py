@@ -10,9 +10,11 @@ from functools import cached_property
 import numpy as np
 import zarr
 from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 from . import layout as L
 from .codecs import Codec, get_codec
+from .direct import ArrayLayout, DirectReader, layout_of
 from .layout import Geometry
 from .inventory import array_path
 from .storage import open_store, read_manifest
@@ -33,6 +35,18 @@ class Tokens:
         return len(self.input_ids)
 
 
+@dataclass
+class Padded:
+    """Examples right-padded to a common length T: ids (int64) and loss mask (bool) (B, T), and per
+    layer the decoded hidden states (B, T, hidden) or the codec's parts; zeros past each example's
+    length (so padding decodes to zeros)."""
+
+    input_ids: np.ndarray
+    loss_mask: np.ndarray
+    hidden: dict[int, np.ndarray] | dict[int, dict[str, np.ndarray]]
+    lengths: np.ndarray
+
+
 class FeatureStore:
     """A complete (or, if asked, incomplete) feature store opened for reading::
 
@@ -51,6 +65,9 @@ class FeatureStore:
         self.hidden_size: int = self.attrs["hidden_size"]
         self.geometry = Geometry(self.attrs["n_tokens"], self.attrs["chunk_tokens"], self.attrs["shard_tokens"])
         self._arrays: dict[str, zarr.Array] = {}
+        self._layouts: dict[str, ArrayLayout | None] = {}
+        local = isinstance(group.store, LocalStore)
+        self._direct = DirectReader(group.store.root) if local else None  # others: through Zarr (and its cache)
 
     @classmethod
     def open(cls, location, *, allow_incomplete: bool = False, cache_dir: str | None = None) -> FeatureStore:
@@ -132,27 +149,43 @@ class FeatureStore:
             raise KeyError(f"layers {unknown} are not in this store (it has {list(self.layers)})")
         return layers
 
-    def _read(self, paths: list[str], start: int, stop: int) -> list[np.ndarray]:
-        """Token rows [start, stop) of several arrays in one request: Zarr fetches and decompresses
-        them concurrently instead of one blocking round-trip per array."""
+    def _layout(self, path: str) -> ArrayLayout | None:
+        if path not in self._layouts:
+            self._layouts[path] = layout_of(self._array(path)) if self._direct else None
+        return self._layouts[path]
 
-        arrays = [self._array(p)._async_array for p in paths]  # opened outside the event loop
+    def _read(self, paths: list[str], start: int, stop: int) -> list[np.ndarray]:
+        """Token rows [start, stop) of several arrays. Local arrays are read directly from their chunk
+        files (``direct``); the others through Zarr, concurrently in one request rather than one
+        blocking round-trip per array."""
+        layouts = [self._layout(p) for p in paths]
+        arrays = [self._array(p)._async_array for p, lay in zip(paths, layouts) if lay is None]  # opened outside the loop
 
         async def gather():
             return await asyncio.gather(*(a.getitem(slice(start, stop)) for a in arrays))
 
-        return sync(gather())
+        from_zarr = iter(sync(gather()) if arrays else [])
+        return [next(from_zarr) if lay is None else self._direct.read(lay, start, stop) for lay in layouts]
 
     def read_layer(self, layer: int, start: int, stop: int) -> np.ndarray:
         """Decoded hidden states (float32, (stop - start, hidden)) of one layer for a token range."""
         return self.tokens(start, stop, [layer]).hidden[layer]
 
+    def _paths(self, layers: tuple[int, ...]) -> list[str]:
+        parts = self.codec.parts()
+        return [L.INPUT_IDS, L.LOSS_MASK] + [L.layer_path(k, name) for k in layers for name in parts]
+
+    def _raw(self, start: int, stop: int, layers: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """ids, loss mask and each layer's encoded parts for tokens [start, stop)."""
+        names = list(self.codec.parts())
+        input_ids, loss_mask, *arrays = self._read(self._paths(layers), start, stop)
+        per_layer = [dict(zip(names, arrays[i : i + len(names)])) for i in range(0, len(arrays), len(names))]
+        return input_ids, loss_mask, per_layer
+
     def tokens(self, start: int, stop: int, layers=None) -> Tokens:
         """Tokens [start, stop) with the requested layers (all by default)."""
-        layers, parts = self._layers(layers), list(self.codec.parts())
-        paths = [L.INPUT_IDS, L.LOSS_MASK] + [L.layer_path(k, name) for k in layers for name in parts]
-        input_ids, loss_mask, *arrays = self._read(paths, start, stop)
-        per_layer = [dict(zip(parts, arrays[i : i + len(parts)])) for i in range(0, len(arrays), len(parts))]
+        layers = self._layers(layers)
+        input_ids, loss_mask, per_layer = self._raw(start, stop, layers)
         return Tokens(input_ids, loss_mask, {k: self.codec.decode(p) for k, p in zip(layers, per_layer)},
                       offsets=np.array([0, stop - start]))
 
@@ -162,29 +195,62 @@ class FeatureStore:
         return self.tokens(int(self.offsets[i]), int(self.offsets[i + 1]), layers)
 
     def examples(self, indices, layers=None) -> Tokens:
-        """Examples concatenated in the given order. When they lie close together (a block of a
-        length-sorted store, minus a few held-out examples) the covering token range is read in
-        one request per array and the rows gathered, rather than one request per run."""
+        """Examples concatenated in the given order (see ``padded`` for how they are read)."""
+        batch = self.padded(indices, layers)
+        keep = (np.arange(batch.input_ids.shape[1]) < batch.lengths[:, None]).ravel()  # real tokens, in order
+        flat = lambda a: a.reshape(-1, *a.shape[2:])[keep]
+        return Tokens(flat(batch.input_ids).astype(np.int32), flat(batch.loss_mask).astype(np.uint8),
+                      {k: flat(h) for k, h in batch.hidden.items()}, np.concatenate([[0], np.cumsum(batch.lengths)]))
+
+    def padded(self, indices, layers=None, *, decode: bool = True) -> Padded:
+        """Examples right-padded to the longest of them. Hidden states are decoded straight into
+        place, or with ``decode=False`` left as the codec's parts, each padded the same way
+        (``hidden[k] = {part: (B, T, ...)}``), for a consumer that decodes them itself.
+
+        Examples that lie close together (a block of a length-sorted store, minus a few held-out
+        examples) are read as their covering token range, in one read per array; scattered ones as
+        one range per run of consecutive examples."""
         indices = np.asarray(list(indices), dtype=np.int64)
         if len(indices) == 0:
             raise ValueError("no examples requested")
-        lengths = self.lengths[indices]
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        layers = self._layers(layers)
+        starts, lengths = self.offsets[indices], self.lengths[indices]
+        B, T = len(indices), int(lengths.max())
+        hidden = self._padded_hidden(layers, B, T, decode)
+        batch = Padded(np.zeros((B, T), np.int64), np.zeros((B, T), bool), hidden, lengths)
+        for lo, hi in self._spans(indices):
+            input_ids, loss_mask, per_layer = self._raw(lo, hi, layers)
+            for i in np.flatnonzero((starts >= lo) & (starts < hi)):
+                a, n = int(starts[i]) - lo, int(lengths[i])
+                batch.input_ids[i, :n] = input_ids[a : a + n]
+                batch.loss_mask[i, :n] = loss_mask[a : a + n]
+                for k, parts in zip(layers, per_layer):
+                    rows = {name: p[a : a + n] for name, p in parts.items()}
+                    if decode:
+                        self.codec.decode(rows, out=hidden[k][i, :n])
+                    else:
+                        for name, p in rows.items():
+                            hidden[k][name][i, :n] = p
+        return batch
+
+    def _padded_hidden(self, layers: tuple[int, ...], B: int, T: int, decode: bool) -> dict:
+        """Zeroed (B, T, ...) buffers per layer (and part). One allocation per part across layers: one
+        large mapping, backed by huge pages where the kernel allows, faults far less than many."""
+        if decode:
+            return dict(zip(layers, np.zeros((len(layers), B, T, self.hidden_size), np.float32)))
+        parts = {}
+        for name, part in self.codec.parts().items():
+            width = () if part.width is None else (self.hidden_size if part.width == "hidden" else part.width,)
+            parts[name] = np.zeros((len(layers), B, T, *width), part.dtype)
+        return {k: {name: buffers[j] for name, buffers in parts.items()} for j, k in enumerate(layers)}
+
+    def _spans(self, indices: np.ndarray) -> list[tuple[int, int]]:
+        """Token ranges to read for ``indices``: their covering range when it is at most twice what
+        they hold, else one range per run of consecutive examples."""
         lo, hi = int(self.offsets[indices.min()]), int(self.offsets[indices.max() + 1])
-        if hi - lo <= 2 * offsets[-1]:
-            block = self.tokens(lo, hi, layers)
-            rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in indices]) - lo
-            if len(rows) == hi - lo and (rows == np.arange(hi - lo)).all():
-                block.offsets = offsets
-                return block
-            return Tokens(block.input_ids[rows], block.loss_mask[rows], {k: h[rows] for k, h in block.hidden.items()}, offsets)
-        parts = [self.examples(range(a, b), layers) for a, b in _contiguous_runs(indices)]
-        return Tokens(
-            input_ids=np.concatenate([p.input_ids for p in parts]),
-            loss_mask=np.concatenate([p.loss_mask for p in parts]),
-            hidden={k: np.concatenate([p.hidden[k] for p in parts]) for k in parts[0].hidden},
-            offsets=offsets,
-        )
+        if hi - lo <= 2 * int(self.lengths[indices].sum()):
+            return [(lo, hi)]
+        return [(int(self.offsets[a]), int(self.offsets[b])) for a, b in _contiguous_runs(np.unique(indices))]
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.location!r}, {self.n_examples} examples, {self.n_tokens} tokens)"

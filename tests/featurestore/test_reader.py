@@ -78,3 +78,19 @@ def test_lossy_store_reads_within_the_codec_bound(store_path):
     for k, x in data.items():
         err = np.linalg.norm(got[k] - x, axis=1) / np.linalg.norm(x, axis=1)
         assert err.max() <= 0.069 / np.sqrt(12) * 1.05
+
+
+def test_padded_examples_decode_into_place_or_stay_encoded(store_path):
+    store = FeatureStore.open(store_path)
+    indices = [12, 3, 4, 40]  # out of order, one far away: several spans
+    batch, raw = store.padded(indices, layers=[1, 3]), store.padded(indices, layers=[3], decode=False)
+    T = int(store.lengths[indices].max())
+    assert batch.input_ids.shape == (4, T) and batch.hidden[1].shape == (4, T, store.hidden_size)
+    assert set(raw.hidden[3]) == set(store.codec.parts()) and raw.hidden[3]["codes"].dtype == np.int8
+    for row, i in enumerate(indices):
+        example, n = store.example(i, layers=[1, 3]), store.lengths[i]
+        assert np.array_equal(batch.input_ids[row, :n], example.input_ids)
+        assert np.array_equal(batch.hidden[1][row, :n], example.hidden[1])
+        encoded = {name: part[row, :n] for name, part in raw.hidden[3].items()}
+        assert np.array_equal(store.codec.decode(encoded), example.hidden[3])
+        assert not batch.hidden[1][row, n:].any() and not raw.hidden[3]["codes"][row, n:].any()
