@@ -19,12 +19,15 @@ import torch
 from featurestore import FeatureStore
 from featurestore.layout import plan_batches
 
+from .encoded import DECODERS, Encoded
+
 
 @dataclass
 class Batch:
-    """Right-padded examples: hidden states (B, T, d) per layer, input_ids and loss_mask (B, T)."""
+    """Right-padded examples: hidden states (B, T, d) per layer (float32, or still encoded as the
+    store keeps them: see ``encoded``), input_ids and loss_mask (B, T)."""
 
-    hidden: dict[int, torch.Tensor]
+    hidden: dict[int, torch.Tensor | Encoded]
     input_ids: torch.Tensor  # int64, 0 on padding
     loss_mask: torch.Tensor  # bool, False on padding
     n_tokens: int  # real (unpadded) tokens
@@ -53,21 +56,16 @@ def plan(store: FeatureStore, indices: np.ndarray, token_budget: int) -> list[np
 
 
 def read_batch(store: FeatureStore, indices: np.ndarray, layers) -> Batch:
-    """Reads and right-pads examples ``indices`` with the hidden states of ``layers``."""
-    tokens = store.examples(indices, layers)
-    lengths = np.diff(tokens.offsets)
-    B, T = len(lengths), int(lengths.max())
-    input_ids = np.zeros((B, T), dtype=np.int64)
-    loss_mask = np.zeros((B, T), dtype=bool)
-    hidden = {k: np.zeros((B, T, store.hidden_size), dtype=np.float32) for k in tokens.hidden}
-    for i, (start, n) in enumerate(zip(tokens.offsets[:-1], lengths)):
-        input_ids[i, :n] = tokens.input_ids[start : start + n]
-        loss_mask[i, :n] = tokens.loss_mask[start : start + n]
-        for k, rows in tokens.hidden.items():
-            hidden[k][i, :n] = rows[start : start + n]
+    """Reads examples ``indices``, right-padded, with the hidden states of ``layers``: left encoded
+    when the codec has a torch decoder (the model decodes them where it uses them)."""
+    codec = store.codec.name
+    padded = store.padded(indices, layers, decode=codec not in DECODERS)
     as_tensor = torch.from_numpy
-    return Batch({k: as_tensor(h) for k, h in hidden.items()}, as_tensor(input_ids), as_tensor(loss_mask),
-                 int(lengths.sum()))
+    if codec in DECODERS:
+        hidden = {k: Encoded(codec, {name: as_tensor(p) for name, p in parts.items()}) for k, parts in padded.hidden.items()}
+    else:
+        hidden = {k: as_tensor(h) for k, h in padded.hidden.items()}
+    return Batch(hidden, as_tensor(padded.input_ids), as_tensor(padded.loss_mask), int(padded.lengths.sum()))
 
 
 def epoch_order(n_batches: int, seed: int, epoch: int) -> np.ndarray:
@@ -76,9 +74,10 @@ def epoch_order(n_batches: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_batches)
 
 
-def read_ahead(store: FeatureStore, batches: list[np.ndarray], layers, depth: int = 2) -> Iterator[Batch]:
+def read_ahead(store: FeatureStore, batches: list[np.ndarray], layers, depth: int = 1) -> Iterator[Batch]:
     """Yields ``read_batch`` of each batch in order, reading up to ``depth`` batches ahead on a
-    thread. Stops the thread if the consumer stops early."""
+    thread. Stops the thread if the consumer stops early. One batch ahead hides the reads once a
+    training step takes longer than a read; each further one only holds more memory."""
     slots: queue.Queue = queue.Queue(depth)
     stop = threading.Event()
 

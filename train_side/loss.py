@@ -2,7 +2,8 @@
 
 Logits over the vocabulary dominate memory (V = 49152 x tokens), so they are computed only at the
 positions that predict a target, a chunk of rows at a time, and the gradient wrt y is computed in
-the same pass: at most one chunk of logits is ever alive and nothing of them is kept for backward.
+the same pass: one chunk of logits is alive at a time (updated in place into its softmax, plus
+logsumexp's temporary), about 64 MB whatever the vocabulary, and nothing of them is kept for backward.
 """
 
 from __future__ import annotations
@@ -25,17 +26,19 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad = torch.zeros_like(y) if ctx.needs_input_grad[0] else None
         for start in range(0, n, chunk_size):
             rows = slice(start, start + chunk_size)
-            logits = F.linear(y[rows], weight, bias)  # (chunk, V)
+            logits = F.linear(y[rows], weight, bias)  # (chunk, V): the one large buffer, reused in place below
             if softcap is not None:
-                logits = softcap * torch.tanh(logits / softcap)
+                logits.div_(softcap).tanh_()  # tanh(x / cap), kept for the slope
+                slope = 1 - logits.square() if grad is not None else None  # d softcap(x) / dx = 1 - tanh^2
+                logits.mul_(softcap)
             target = targets[rows, None]  # (chunk, 1)
             lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (chunk, 1)
             loss_sum += (lse - logits.gather(1, target)).sum()
             if grad is not None:
-                dlogits = (logits - lse).exp()  # softmax
+                dlogits = logits.sub_(lse).exp_()  # softmax
                 dlogits.scatter_add_(1, target, -torch.ones_like(lse))  # softmax - onehot
                 if softcap is not None:
-                    dlogits *= 1 - (logits / softcap) ** 2  # d softcap(x) / dx = 1 - tanh^2
+                    dlogits *= slope
                 grad[rows] = dlogits @ weight  # (chunk, d)
         ctx.save_for_backward(None if grad is None else grad / n)
         return loss_sum / n
@@ -46,15 +49,22 @@ class LinearCrossEntropy(torch.autograd.Function):
         return grad * grad_output, None, None, None, None, None
 
 
+def chunk_rows(vocab_size: int, megabytes: float = 64) -> int:
+    """Rows per chunk so that one chunk of float32 logits takes about ``megabytes``: big enough for
+    an efficient matmul, small enough that the vocabulary never dominates memory (Gemma 3: 262k)."""
+    return max(16, int(megabytes * 2**20) // (4 * vocab_size))
+
+
 def linear_cross_entropy(y: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None,
-                         softcap: float | None = None, chunk_size: int = 1024) -> Tensor:
+                         softcap: float | None = None, chunk_size: int | None = None) -> Tensor:
     """Mean cross-entropy of the logits softcap(y @ weight.T + bias) of y (N, d) against targets (N,),
-    with weight (V, d) frozen; peak memory is one (chunk_size, V) block of logits."""
-    return LinearCrossEntropy.apply(y, weight, bias, targets, softcap, chunk_size)
+    with weight (V, d) frozen; peak memory is about two (chunk_size, V) blocks of logits (default:
+    ``chunk_rows(V)``)."""
+    return LinearCrossEntropy.apply(y, weight, bias, targets, softcap, chunk_size or chunk_rows(len(weight)))
 
 
 def next_token_loss(y: Tensor, input_ids: Tensor, loss_mask: Tensor, head: FrozenHead,
-                    chunk_size: int = 1024) -> Tensor:
+                    chunk_size: int | None = None) -> Tensor:
     """Mean next-token cross-entropy over the target tokens of a batch.
 
     y (B, T, d): side network output; input_ids, loss_mask (B, T): loss_mask 1 on target tokens, 0 on

@@ -26,6 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .encoded import Encoded, decoded
 
 KINDS = ("ladder", "xladder")
 
@@ -127,8 +130,55 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()  # the squares of massive activations overflow half precision
+        x32 = wide(x)
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def wide(x: Tensor) -> Tensor:
+    """x in at least float32: the squares of massive activations overflow half precision."""
+    return x.float() if x.element_size() < 4 else x
+
+
+class NormLinear(torch.autograd.Function):
+    """linear(rms_norm(h) * g, W) = rstd * (h @ (W * g).T), saving for backward only h (as given:
+    possibly still encoded) and its per-token rstd = 1 / rms.
+
+    Written for memory: autograd would keep two normalised (B, T, d) copies of every ladder input,
+    and with a ladder on each block those are the largest activations of a side network, while h
+    itself is part of the batch, alive anyway. Folding the norm into the small (d_s, d) weight and
+    the (B, T, d_s) output leaves no (B, T, d) temporary beyond decoding h: backward needs one
+    matmul, M = (rstd * dy).T @ h, for both dW = M * g and dg = sum_i W_ij M_ij.
+    ``decode`` maps the saved tensors to h (None: the single tensor is h)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, g: Tensor, W: Tensor, eps: float, decode, *tensors: Tensor) -> Tensor:
+        h = decode(*tensors) if decode else tensors[0]
+        rstd = rms_inverse(h, eps)  # (..., 1)
+        ctx.decode = decode
+        ctx.save_for_backward(g, W, rstd, *tensors)
+        return F.linear(h, W * g) * rstd
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dy: Tensor):
+        g, W, rstd, *tensors = ctx.saved_tensors
+        h = ctx.decode(*tensors) if ctx.decode else tensors[0]
+        dy_r = dy * rstd  # (..., d_s)
+        M = dy_r.flatten(0, -2).T @ h.flatten(0, -2).type_as(dy_r)  # (d_s, d)
+        dW, dg = M * g, (M * W).sum(0)
+        dh = None
+        if ctx.decode is None and ctx.needs_input_grad[4]:  # only when h itself is trained (never from a store)
+            n32 = wide(h) * rstd
+            dn = wide(dy @ (W * g).type_as(dy))  # gradient wrt the normalised input
+            dh = (rstd * (dn - n32 * (dn * n32).mean(-1, keepdim=True))).type_as(h)
+        return dg.to(g.dtype), dW.to(W.dtype), None, None, dh, *[None] * (len(tensors) - 1)
+
+
+def rms_inverse(h: Tensor, eps: float) -> Tensor:
+    """1 / sqrt(mean(h^2) + eps) per row (..., 1), in float32 and without a squared copy of h."""
+    norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True, dtype=torch.float32 if h.element_size() < 4 else None)
+    return torch.rsqrt(norm.square() / h.shape[-1] + eps)
 
 
 class Down(nn.Module):
@@ -139,8 +189,10 @@ class Down(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.proj = nn.Linear(config.hidden_size, config.width, bias=False)
 
-    def forward(self, h: Tensor) -> Tensor:
-        return self.proj(self.norm(h))
+    def forward(self, h: Tensor | Encoded) -> Tensor:
+        if isinstance(h, Encoded):
+            return NormLinear.apply(self.norm.weight, self.proj.weight, self.norm.eps, h.decoder(), *h.parts.values())
+        return NormLinear.apply(self.norm.weight, self.proj.weight, self.norm.eps, None, h)
 
 
 class KVCache:
@@ -241,14 +293,17 @@ class SideNetwork(nn.Module):
         head_dim = config.width // config.heads
         inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # training: recompute each block's activations in backward instead of keeping them (~20 small
+        # tensors per block and token add up to more than the batch itself), for ~7% more time
+        self.recompute = False
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, hidden: dict[int, Tensor], cache: KVCache | None = None,
+    def forward(self, hidden: dict[int, Tensor | Encoded], cache: KVCache | None = None,
                 attention_mask: Tensor | None = None) -> Tensor:
-        """hidden[k]: (B, T, d) backbone hidden state k for every k in config.inputs. Returns y (B, T, d),
-        the input of the frozen LM head.
+        """hidden[k]: (B, T, d) backbone hidden state k (a tensor, or still encoded as the store keeps
+        it) for every k in config.inputs. Returns y (B, T, d), the input of the frozen LM head.
 
         Training: right-padded batches, no mask (causal attention keeps real tokens from padding).
         Generation: ``cache`` holds the side blocks' keys and values of earlier calls; ``attention_mask``
@@ -264,12 +319,15 @@ class SideNetwork(nn.Module):
         for i, block in enumerate(self.blocks):
             if i < len(c.ladders):
                 s = mu[i] * s + (1 - mu[i]) * self.down[i + 1](hidden[c.ladders[i]])
-            s = block(s, rope, mask, cache, i)
+            if self.recompute and cache is None and torch.is_grad_enabled():
+                s = checkpoint(block, s, rope, mask, None, i, use_reentrant=False)  # keeps only s
+            else:
+                s = block(s, rope, mask, cache, i)
         out = self.up(self.norm(s))  # (B, T, d)
         if not c.mix:
             return out
         z = torch.sigmoid(self.beta)  # (d,)
-        return (1 - z) * out + z * hidden[c.n_layers]
+        return (1 - z) * out + z * decoded(hidden[c.n_layers])
 
     def positions(self, B: int, T: int, past: int, attention_mask: Tensor | None) -> Tensor:
         """(B, T) RoPE positions of the new tokens; counted over real tokens only, so that a

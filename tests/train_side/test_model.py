@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from train_side.loss import next_token_loss
-from train_side.model import FrozenHead, KVCache, SideConfig, SideNetwork
+from train_side.model import FrozenHead, KVCache, NormLinear, RMSNorm, SideConfig, SideNetwork
 
 L, D, FF, V = 4, 32, 64, 50  # backbone blocks, width, MLP width, vocabulary
 
@@ -224,6 +224,30 @@ def test_a_tiny_side_network_overfits_fixed_hidden_states():
         optimizer.step()
     assert first > np.log(V)  # worse than uniform: the random head is confidently wrong at init
     assert loss.item() < 0.01
+
+
+def test_norm_linear_equals_rmsnorm_then_linear_in_value_and_gradient():
+    torch.manual_seed(0)
+    h = (torch.randn(3, 5, 16, dtype=torch.float64) * torch.logspace(0, 3, 16, dtype=torch.float64)).requires_grad_()
+    g = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(4, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda g, W, h: NormLinear.apply(g, W, 1e-5, None, h), (g, W, h))
+    norm = RMSNorm(16, 1e-5).double()
+    norm.weight.data = g.detach().clone()
+    expected = torch.nn.functional.linear(norm(h), W)
+    assert torch.allclose(NormLinear.apply(g, W, 1e-5, None, h), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["ladder", "xladder"])
+def test_recomputing_block_activations_gives_the_same_gradients(kind):
+    grads = []
+    for recompute in (False, True):
+        net = side_network(kind=kind)
+        net.recompute = recompute
+        hidden = hidden_states(net.config, 2, 9, seed=3)
+        next_token_loss(net(hidden), torch.arange(18).reshape(2, 9) % V, torch.ones(2, 9), head()).backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(*grads))
 
 
 # -- frozen head -------------------------------------------------------------------------------

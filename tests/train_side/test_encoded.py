@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+import torch
+
+from featurestore import FeatureStore, get_codec
+from tests.featurestore import synth
+from tests.train_side.tiny_store import write_tiny_store
+from train_side.data import read_batch
+from train_side.encoded import DECODERS, Encoded
+from train_side.model import FrozenHead
+from train_side.sweep import configs
+from train_side.train import DataConfig, Run, backbone_dims, store_info
+
+
+def tiny_run(store: FeatureStore, out) -> Run:
+    side, optim = configs({"kind": "ladder", "reduction": 4}, {}, {}, backbone_dims(store))
+    weights, head_config = store.head()
+    return Run(out.name, out, side, optim, FrozenHead(weights, head_config), 10, store_info(store), DataConfig(),
+               torch.device("cpu"))
+
+
+@pytest.mark.parametrize("codec", sorted(DECODERS))
+def test_torch_decoders_are_bit_identical_to_the_store_codecs(codec):
+    tokens = synth.token_table(n_examples=20)
+    x = synth.states(tokens, layers=[1])[1]
+    codec_ = get_codec(codec)
+    parts = codec_.encode(x)
+    encoded = Encoded(codec, {name: torch.from_numpy(p) for name, p in parts.items()})
+    assert np.array_equal(encoded.decode().numpy(), codec_.decode(parts))
+
+
+def test_an_int8o_batch_stays_encoded_and_trains_exactly_as_its_decoding(tmp_path):
+    store = FeatureStore.open(write_tiny_store(tmp_path / "s.zarr", codec="int8o"))
+    indices = np.arange(8)
+    batch = read_batch(store, indices, layers=store.layers)
+    assert all(isinstance(h, Encoded) for h in batch.hidden.values())
+    assert batch.hidden[0].parts["codes"].dtype == torch.int8
+    padded = store.padded(indices, store.layers)
+    decoded = read_batch(store, indices, layers=store.layers)
+    decoded.hidden = {k: torch.from_numpy(h) for k, h in padded.hidden.items()}
+    assert all(torch.equal(batch.hidden[k].decode(), decoded.hidden[k]) for k in store.layers)
+
+    runs = [tiny_run(store, tmp_path / name) for name in ("encoded", "decoded")]
+    for _ in range(3):
+        losses = [run.train_step(b) for run, b in zip(runs, (batch, decoded))]
+        assert losses[0] == losses[1]
+    for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters()):
+        assert torch.equal(a, b)
