@@ -28,6 +28,10 @@ class Part:
     dtype: str
     width: int | str | None  # "hidden", a fixed int, or None for one value per token
 
+    def row_shape(self, hidden_size: int) -> tuple[int, ...]:
+        """The shape of one token's values: (hidden,), (k,) or ()."""
+        return () if self.width is None else (hidden_size if self.width == "hidden" else self.width,)
+
 
 class Codec:
     name: ClassVar[str]

@@ -149,9 +149,8 @@ class StoreSpec:
 
     def row_bytes(self) -> int:
         """Bytes per token of the widest stored part (sizes chunks)."""
-        widths = [self.hidden_size if p.width == "hidden" else (p.width or 1) for p in self.codec.parts().values()]
-        sizes = [w * np.dtype(p.dtype).itemsize for w, p in zip(widths, self.codec.parts().values())]
-        return max(sizes)
+        parts = self.codec.parts().values()
+        return max(int(np.prod(p.row_shape(self.hidden_size))) * np.dtype(p.dtype).itemsize for p in parts)
 
 
 def plan_batches(lengths, token_budget: int) -> list[tuple[int, int]]:

@@ -240,8 +240,7 @@ class FeatureStore:
             return dict(zip(layers, np.zeros((len(layers), B, T, self.hidden_size), np.float32)))
         parts = {}
         for name, part in self.codec.parts().items():
-            width = () if part.width is None else (self.hidden_size if part.width == "hidden" else part.width,)
-            parts[name] = np.zeros((len(layers), B, T, *width), part.dtype)
+            parts[name] = np.zeros((len(layers), B, T, *part.row_shape(self.hidden_size)), part.dtype)
         return {k: {name: buffers[j] for name, buffers in parts.items()} for j, k in enumerate(layers)}
 
     def _spans(self, indices: np.ndarray) -> list[tuple[int, int]]:

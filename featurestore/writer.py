@@ -172,7 +172,7 @@ class StoreWriter:
             self._array(head_group, name, np.asarray(weight), chunks=weight.shape)
         for k in spec.layers:
             for name, part in spec.codec.parts().items():
-                width = () if part.width is None else (spec.hidden_size if part.width == "hidden" else part.width,)
+                width = part.row_shape(spec.hidden_size)
                 chunks = (geo.chunk_tokens if part.width == "hidden" else geo.shard_tokens, *width)
                 shards = (geo.shard_tokens, *width) if part.width == "hidden" else None
                 group.create_array(
