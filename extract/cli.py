@@ -4,44 +4,17 @@ from __future__ import annotations
 
 import click
 
-from featurestore import CODECS, CodecError, StoreError
+from featurestore.errors import UserError
+from featurestore.options import config_from_options, config_options
 
-from .backbone import QUANTIZATIONS, BackboneError, quiet_libraries
-from .data import DataError
-from .distributed import DistributedError, Ranks
-from .plan import PlanError
-from .prompts import TEMPLATES, TemplateError
+from .backbones import quiet_libraries
+from .config import ExtractConfig
+from .distributed import Ranks
 from .run import extract
-
-ERRORS = (BackboneError, DataError, PlanError, TemplateError, StoreError, CodecError, DistributedError)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--model", default="smollm2-135m",
-              help="Packaged alias (smollm2-135m, gemma3-270m), local HF directory, or hub id.")
-@click.option("--dataset", default="arith",
-              help="arith (built-in), a local .json/.jsonl/.parquet/.csv file, or a hub id[:config].")
-@click.option("--split", default="train", help="Dataset split; slices like 'train[:90%]' work for files.")
-@click.option("--root", default="stores", type=click.Path(file_okay=False),
-              help="Directory of stores; a store with the same fingerprint there is a cache hit.")
-@click.option("--quantization", type=click.Choice(QUANTIZATIONS), default="none", help="bitsandbytes quantization.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              help="auto: bfloat16 on CUDA, float32 on CPU.")
-@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
-@click.option("--question-field", default="question", help="Column holding the question.")
-@click.option("--answer-field", default="answer", help="Column holding the answer (the training target).")
-@click.option("--template", type=click.Choice(TEMPLATES), default="plain",
-              help="plain: 'Question: ...\\nAnswer: ...'; chat: the tokenizer's chat template.")
-@click.option("--max-length", default=512, help="Longer examples are truncated (counted) or, with --skip-long, dropped.")
-@click.option("--skip-long", is_flag=True, help="Drop examples longer than --max-length instead of truncating.")
-@click.option("--layers", default="all", help="Hidden states to store: all, a list like 0,4,8, every:K or top:D.")
-@click.option("--codec", default="int8o", help=f"{', '.join(CODECS)} (int8o: ~3x smaller than fp16, <=2% error per token).")
-@click.option("--token-budget", default=4096, help="Padded tokens per forward batch.")
-@click.option("--chunk-mb", default=4.0, help="Target chunk size of the stored arrays (a shard holds 2 chunks).")
-@click.option("--limit", type=int, default=None, help="Keep the first N examples (arith: generate N).")
-@click.option("--seed", default=0, help="Seed of the arith generator.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted extraction after its last finished shard.")
-@click.option("--name", default=None, help="Store directory name (default: <model>-<dataset>-<split>-<fingerprint>).")
+@config_options(ExtractConfig)
 def main(**options) -> None:
     """Run a frozen backbone once over a dataset and store its per-layer hidden states.
 
@@ -62,8 +35,8 @@ def main(**options) -> None:
     """
     quiet_libraries()
     try:
-        result = extract(**options)
-    except ERRORS as e:
+        result = extract(config_from_options(ExtractConfig, options))
+    except UserError as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
         raise click.ClickException("interrupted; finished shards are kept: rerun with --resume to continue") from None

@@ -27,16 +27,14 @@ import torch.distributed as dist
 
 from featurestore import Geometry
 
+from .errors import DistributedError
+
 T = TypeVar("T")
 
 # The collectives here wait on purpose: for rank 0 to take the fingerprint's lock (another run may
 # be extracting the same store: hours) and for the slowest rank's last shard. torchrun stops every
 # rank when one dies, so the long timeout never leaves a hung job behind.
 TIMEOUT = datetime.timedelta(hours=24)
-
-
-class DistributedError(RuntimeError):
-    """Another rank failed, so this one stops too; the message names the rank and its error."""
 
 
 @dataclass(frozen=True)

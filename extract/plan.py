@@ -10,12 +10,9 @@ from dataclasses import dataclass
 
 from featurestore import TokenTable
 
-from .data import Example
-from .prompts import encode_example, fit_length
-
-
-class PlanError(ValueError):
-    """A layer spec or length setting that cannot be planned; the message says what to do."""
+from .errors import PlanError
+from .tasks.examples import Example
+from .tasks.prompts import encode_example, fit_length
 
 
 def parse_layers(spec: str, n_layers: int) -> tuple[int, ...]:

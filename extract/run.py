@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +16,15 @@ from tqdm import tqdm
 from featurestore import StoreError, StoreSpec, StoreWriter, catalog, finalize
 from featurestore.layout import plan_batches
 
-from .backbone import resolve_backbone
-from .data import load_examples
-from .distributed import DistributedError, Ranks
+from .backbones import Backbone, resolve_backbone
+from .config import ExtractConfig
+from .distributed import Ranks
+from .errors import DistributedError
 from .loop import extract_batches
-from .plan import parse_layers, tokenize
-from .prompts import template_info
+from .plan import Layout, parse_layers, tokenize
+from .provenance import Provenance
+from .tasks.datasets import load_examples
+from .tasks.prompts import template_info
 
 
 @dataclass(frozen=True)
@@ -41,32 +44,10 @@ class Extraction:
         return self.computed_tokens / self.seconds if self.seconds else 0.0
 
 
-def extract(
-    model: str = "smollm2-135m",
-    dataset: str = "arith",
-    split: str = "train",
-    root: str | Path = "stores",
-    *,
-    quantization: str = "none",
-    dtype: str = "auto",
-    device: str = "auto",
-    question_field: str = "question",
-    answer_field: str = "answer",
-    dataset_config: str | None = None,
-    template: str = "plain",
-    max_length: int = 512,
-    skip_long: bool = False,
-    layers: str = "all",
-    codec: str = "int8o",
-    token_budget: int = 4096,
-    chunk_mb: float = 4.0,
-    limit: int | None = None,
-    seed: int = 0,
-    resume: bool = False,
-    name: str | None = None,
-    progress: bool = True,
-) -> Extraction:
-    """Runs ``model`` once over ``dataset`` and writes its hidden states to a store under ``root``.
+def extract(config: ExtractConfig | str | None = None, *, progress: bool = True, **settings) -> Extraction:
+    """Runs a backbone once over a dataset and writes its hidden states to a store under the
+    config's ``root``. ``config`` is an :class:`ExtractConfig`, or a model name; ``settings`` are
+    ExtractConfig fields that override it (``extract("smollm2-135m", limit=100, codec="fp16")``).
 
     Everything that determines the store's content is resolved before any weights load, so
     extracting what ``root`` already holds (same fingerprint) returns at once. An interrupted
@@ -74,17 +55,22 @@ def extract(
     same fingerprint into the same root waits for the first, then finds its store (a cache hit).
     Launched by torchrun, every rank writes its own block of shards (see ``extract.distributed``).
     """
+    if isinstance(config, ExtractConfig):
+        config = replace(config, **settings)
+    else:
+        config = ExtractConfig(**({"model": config} if config else {}), **settings)
     ranks = Ranks.from_env()
-    examples, dataset_info = load_examples(dataset, split, question_field=question_field,
-                                           answer_field=answer_field, config=dataset_config, seed=seed, limit=limit)
-    source = resolve_backbone(model, quantization=quantization, dtype=dtype, device=ranks.device(device))
-    layout = tokenize(examples, source.tokenizer, template, max_length, skip_long)
-    spec = store_spec(source, dataset_info, layers=layers, codec=codec, template=template, max_length=max_length,
-                      skip_long=skip_long)
+    examples, dataset_info = load_examples(config.dataset, config.split, question_field=config.question_field,
+                                           answer_field=config.answer_field, config=config.dataset_config,
+                                           seed=config.seed, limit=config.limit)
+    source = resolve_backbone(config.model, quantization=config.quantization, dtype=config.dtype,
+                              device=ranks.device(config.device))
+    layout = tokenize(examples, source.tokenizer, config.template, config.max_length, config.skip_long)
+    spec = store_spec(source, dataset_info, config)
     fingerprint = spec.fingerprint(layout.tokens)
-    root = Path(root)
+    root = Path(config.root)
     root.mkdir(parents=True, exist_ok=True)
-    new_store = root / (name or store_name(model, dataset_info, fingerprint))
+    new_store = root / (config.name or store_name(config.model, dataset_info, fingerprint))
     result = dict(fingerprint=fingerprint, n_examples=layout.tokens.n_examples, n_tokens=layout.tokens.n_tokens,
                   n_truncated=layout.n_truncated, n_skipped=layout.n_skipped)
     with ranks.joined(source.device), ExitStack() as held:
@@ -92,27 +78,23 @@ def extract(
         path, complete = ranks.from_leader(lambda: held.enter_context(claim(root, fingerprint, new_store)))
         if complete:
             return Extraction(store=path, **result, cached=True, computed_tokens=0, seconds=0.0)
-        computed, seconds = _compute(source.load(), spec, layout, path, ranks, resume=resume,
-                                     token_budget=token_budget, chunk_mb=chunk_mb, progress=progress)
+        job = Job(source.load(), spec, layout, path, ranks, config, progress)
+        computed, seconds = job.run()
     return Extraction(store=path, **result, cached=False, computed_tokens=computed, seconds=seconds)
 
 
-def store_spec(source, dataset_info: dict, *, layers: str, codec: str, template: str, max_length: int,
-               skip_long: bool) -> StoreSpec:
+def store_spec(source, dataset_info: dict, config: ExtractConfig) -> StoreSpec:
     """What the store holds, and so its fingerprint: the backbone, tokenizer, dataset, template..."""
-    return StoreSpec(
-        parse_layers(layers, source.info["n_layers"]),
-        source.info["hidden_size"],
-        codec,
-        source={
-            "model": source.info,
-            "tokenizer": {"class": type(source.tokenizer).__name__, "pad_token_id": source.tokenizer.pad_token_id},
-            "dataset": dataset_info,
-            "template": template_info(template, source.tokenizer),
-            "max_length": max_length,
-            "long_examples": "skip" if skip_long else "truncate",
-        },
+    provenance = Provenance(
+        model=source.info,
+        tokenizer={"class": type(source.tokenizer).__name__, "pad_token_id": source.tokenizer.pad_token_id},
+        dataset=dataset_info,
+        template=template_info(config.template, source.tokenizer),
+        max_length=config.max_length,
+        long_examples="skip" if config.skip_long else "truncate",
     )
+    return StoreSpec(parse_layers(config.layers, source.info["n_layers"]), source.info["hidden_size"], config.codec,
+                     source=provenance.source())
 
 
 @contextmanager
@@ -135,44 +117,57 @@ def _waiting(lock: Path) -> None:
           flush=True)
 
 
-def _compute(backbone, spec: StoreSpec, layout, path: Path, ranks: Ranks, *, resume: bool, token_budget: int,
-             chunk_mb: float, progress: bool) -> tuple[int, float]:
-    """Every rank writes its shards of the store; rank 0 completes it once all of them succeeded.
-    Returns the tokens computed by all ranks and the seconds it took."""
-    start = time.perf_counter()
-    writer = ranks.leader_first(lambda: _open_writer(backbone, spec, layout, path, ranks, resume, chunk_mb))
-    batches = plan_batches(np.diff(layout.tokens.offsets), token_budget)
-    try:
-        computed = sum(ranks.gather(lambda: _write_shards(backbone, layout.tokens, spec.layers, batches, writer,
-                                                          ranks, progress)))
-    except DistributedError as e:
-        raise DistributedError(f"{e}; the store stays incomplete: rerun with --resume to continue") from None
-    seconds = time.perf_counter() - start
-    stats = {"n_truncated": layout.n_truncated, "n_skipped": layout.n_skipped, "extract_seconds": round(seconds, 3),
-             "extract_tokens": computed, "extract_ranks": ranks.world_size}
-    ranks.from_leader(lambda: finalize(path, stats))
-    return computed, seconds
+@dataclass
+class Job:
+    """One extraction's computing part, on one rank: every rank writes its shards of the store;
+    rank 0 completes it once all of them succeeded."""
 
+    backbone: Backbone
+    spec: StoreSpec
+    layout: Layout
+    path: Path
+    ranks: Ranks
+    config: ExtractConfig
+    progress: bool
 
-def _open_writer(backbone, spec: StoreSpec, layout, path: Path, ranks: Ranks, resume: bool, chunk_mb: float):
-    """Rank 0 creates (or resumes) the store, with the frozen head; the other ranks attach to it."""
-    head, head_config = backbone.head() if ranks.leader else (None, None)
-    return StoreWriter(path, spec, layout.tokens, meta=layout.meta, head=head, head_config=head_config,
-                       resume=resume, attach=not ranks.leader, shards=ranks.shards, chunk_mb=chunk_mb)
+    def run(self) -> tuple[int, float]:
+        """The tokens computed by all ranks, and the seconds it took."""
+        start = time.perf_counter()
+        writer = self.ranks.leader_first(self.open_writer)
+        batches = plan_batches(np.diff(self.layout.tokens.offsets), self.config.token_budget)
+        try:
+            computed = sum(self.ranks.gather(lambda: self.write_shards(batches, writer)))
+        except DistributedError as e:
+            raise DistributedError(f"{e}; the store stays incomplete: rerun with --resume to continue") from None
+        seconds = time.perf_counter() - start
+        stats = {"n_truncated": self.layout.n_truncated, "n_skipped": self.layout.n_skipped,
+                 "extract_seconds": round(seconds, 3), "extract_tokens": computed,
+                 "extract_ranks": self.ranks.world_size}
+        self.ranks.from_leader(lambda: finalize(self.path, stats))
+        return computed, seconds
 
+    def open_writer(self) -> StoreWriter:
+        """Rank 0 creates (or resumes) the store, with the frozen head; the other ranks attach to it."""
+        leader = self.ranks.leader
+        head, head_config = self.backbone.head() if leader else (None, None)
+        return StoreWriter(self.path, self.spec, self.layout.tokens, meta=self.layout.meta, head=head,
+                           head_config=head_config, resume=self.config.resume, attach=not leader,
+                           shards=self.ranks.shards, chunk_mb=self.config.chunk_mb,
+                           extra_attrs=Provenance.version_attrs() if leader else None)
 
-def _write_shards(backbone, tokens, layers, batches, writer: StoreWriter, ranks: Ranks, progress: bool) -> int:
-    """This rank's shards: every batch its writer still needs. Returns the tokens computed. The
-    progress bar is rank 0's (its share of the work stands for everyone's)."""
-    offsets = tokens.offsets
-    todo = sum(int(offsets[b] - offsets[a]) for a, b in batches if writer.needs(int(offsets[a]), int(offsets[b])))
-    desc = f"extract (rank 0 of {ranks.world_size})" if ranks.distributed else "extract"
-    show = progress and ranks.leader
-    with tqdm(total=todo, unit="tok", unit_scale=True, desc=desc, disable=not show, file=sys.stderr) as bar:
-        computed = extract_batches(backbone, tokens, layers, batches, writer, bar.update)
-    if not writer.done:
-        raise StoreError("the extraction loop ended before every shard of this rank was written")
-    return computed
+    def write_shards(self, batches: list[tuple[int, int]], writer: StoreWriter) -> int:
+        """This rank's shards: every batch its writer still needs. Returns the tokens computed. The
+        progress bar is rank 0's (its share of the work stands for everyone's)."""
+        tokens, ranks = self.layout.tokens, self.ranks
+        offsets = tokens.offsets
+        todo = sum(int(offsets[b] - offsets[a]) for a, b in batches if writer.needs(int(offsets[a]), int(offsets[b])))
+        desc = f"extract (rank 0 of {ranks.world_size})" if ranks.distributed else "extract"
+        show = self.progress and ranks.leader
+        with tqdm(total=todo, unit="tok", unit_scale=True, desc=desc, disable=not show, file=sys.stderr) as bar:
+            computed = extract_batches(self.backbone, tokens, self.spec.layers, batches, writer, bar.update)
+        if not writer.done:
+            raise StoreError("the extraction loop ended before every shard of this rank was written")
+        return computed
 
 
 def store_name(model: str, dataset_info: dict, fingerprint: str) -> str:

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+from .errors import UserError
 
 Parts = dict[str, np.ndarray]
 
 
-class CodecError(ValueError):
+class CodecError(UserError, ValueError):
     """Bad codec name or parameters, or values a codec cannot store."""
 
 

@@ -35,6 +35,12 @@ INPUT_IDS = "tokens/input_ids"
 LOSS_MASK = "tokens/loss_mask"
 HEAD = "head"
 LAYOUT_MANIFEST = "manifest/layout"
+# The root attributes the writer owns; a producer's ``source`` (its provenance) sits beside them
+# and may not reuse a name, or it would overwrite `complete` or the fingerprint.
+WRITER_ATTRS = frozenset({
+    "format", "format_version", "fingerprint", "complete", "completed", "created", "tool_version", "layers",
+    "hidden_size", "codec", "tokens_digest", "n_examples", "n_tokens", "chunk_tokens", "shard_tokens", "stats",
+})
 
 
 def layer_path(layer: int, part: str) -> str:
@@ -132,6 +138,9 @@ class StoreSpec:
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "hidden_size", int(hidden_size))
         object.__setattr__(self, "codec", get_codec(codec))
+        clash = sorted(WRITER_ATTRS & set(source or {}))
+        if clash:
+            raise ValueError(f"source keys {clash} are the store's own attributes; rename them")
         object.__setattr__(self, "source", dict(source or {}))
 
     def content(self, tokens: TokenTable) -> dict:

@@ -18,12 +18,13 @@ from . import inventory
 from . import layout as L
 from .storage import digest, local_path, object_sizes, open_store, read_bytes, write_bytes
 from .writer import MARKER
+from .errors import UserError
 
 WORKERS = 8  # objects in flight: concurrent requests, bounded memory (a shard is a few MB)
 PRESENT, COPIED = "present", "copied"
 
 
-class TransferError(RuntimeError):
+class TransferError(UserError, RuntimeError):
     """A copy that cannot start or did not complete; the message names the cause."""
 
 

@@ -23,12 +23,13 @@ from .storage import (
     read_manifest,
     write_manifest,
 )
+from .errors import UserError
 
 MARKER = "ladder-cache feature store"
 ENCODE_ROWS = 512  # rows encoded at a time: ~1 MB of float32 for d = 576, cache-sized
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """A store that cannot be written, opened or completed as asked; the message says why."""
 
 
@@ -82,6 +83,8 @@ class StoreWriter:
     ):
         if tokens.n_tokens == 0:
             raise StoreError("nothing to store: the dataset has no tokens")
+        if L.WRITER_ATTRS & set(extra_attrs or {}):
+            raise ValueError(f"extra_attrs {sorted(L.WRITER_ATTRS & set(extra_attrs))} are the writer's own attributes")
         if meta is not None and len(meta) != tokens.n_examples:
             raise ValueError(f"meta has {len(meta)} entries for {tokens.n_examples} examples")
         self.location, self.spec, self.tokens = location, spec, tokens
@@ -148,7 +151,6 @@ class StoreWriter:
                 "complete": False,
                 "created": now(),
                 "tool_version": tool_version(),
-                **spec.source,
                 "layers": list(spec.layers),
                 "hidden_size": spec.hidden_size,
                 "codec": spec.codec.spec,
@@ -157,8 +159,9 @@ class StoreWriter:
                 "n_tokens": tokens.n_tokens,
                 "chunk_tokens": geo.chunk_tokens,
                 "shard_tokens": geo.shard_tokens,
-                **extra_attrs,
             }
+            | spec.source
+            | extra_attrs  # neither may reuse the writer's names: checked by StoreSpec and __init__
         )
         self._array(group, L.OFFSETS, tokens.offsets, chunks=(max(1, len(tokens.offsets)),))
         self._array(group, L.INPUT_IDS, tokens.input_ids)

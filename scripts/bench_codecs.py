@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extract.arith import generate
-from extract.backbone import load_backbone
+from extract.tasks.arith import generate
+from extract.backbones import load_backbone
 from featurestore import CODECS, FeatureStore, StoreSpec, StoreWriter, TokenTable
 from featurestore.storage import size_on_disk
 

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 import transformers
 
-from extract.backbone import resolve_backbone
-from extract.data import load_examples
+from extract.backbones import resolve_backbone
+from extract.tasks.datasets import load_examples
 from extract.loop import extract_batches, padded_batch
 from extract.plan import tokenize
 from extract.run import extract

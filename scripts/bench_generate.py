@@ -18,9 +18,9 @@ import time
 import numpy as np
 import torch
 
-from extract.backbone import load_backbone
-from extract.data import load_examples
-from extract.prompts import encode_prompt
+from extract.backbones import load_backbone
+from extract.tasks.datasets import load_examples
+from extract.tasks.prompts import encode_prompt
 from featurestore import get_codec
 from train_side.generate import Pipeline, generate
 from train_side.model import FrozenHead, SideConfig, SideNetwork

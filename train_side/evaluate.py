@@ -4,7 +4,6 @@ backbone-free teacher-forced loss of a checkpoint on a store."""
 from __future__ import annotations
 
 import json
-import re
 import resource
 import sys
 import time
@@ -13,37 +12,25 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from extract.backbone import resolve_backbone, same_backbone
-from extract.data import final_answer, last_number, load_examples
-from extract.prompts import encode_prompt
+from extract.backbones import resolve_backbone, same_backbone
+from extract.provenance import Provenance
+from extract.tasks.answers import FINISHED_ANSWER, is_correct
+from extract.tasks.datasets import load_examples
+from extract.tasks.prompts import encode_prompt
 from featurestore import FeatureStore, get_codec
+from featurestore.errors import UserError
 
-from .checkpoint import load_config, load_side
+from .checkpoint import Checkpoint, load_side
 from .data import plan, read_ahead
 from .generate import Pipeline, generate
 from .model import FrozenHead
 from .train import mean_loss, resolve_device
 
-FINISHED_ANSWER = re.compile(r"####\s*\$?\s*-?[\d,]*\.?\d+\s*\n")  # a GSM8K final line, ended
+__all__ = ["EvalError", "evaluate", "is_correct", "teacher_forced_loss"]
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """A checkpoint that cannot be evaluated as asked; the message says why."""
-
-
-def is_correct(text: str, reference: str) -> bool:
-    """Numeric exact match (``#### n``, else the last number) for numeric references; for labels,
-    the first line of the generation equals the label (case-insensitive)."""
-    try:
-        expected = float(reference)
-    except ValueError:
-        lines = text.strip().splitlines()
-        return bool(lines) and lines[0].strip().lower() == reference.strip().lower()
-    predicted = final_answer(text) or last_number(text)
-    try:
-        return predicted is not None and abs(float(predicted) - expected) <= 1e-6 * max(1.0, abs(expected))
-    except ValueError:
-        return False
 
 
 def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: str | None = None,
@@ -55,20 +42,21 @@ def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: st
     reloaded exactly as the checkpoint's store was extracted (weights, quantization, dtype);
     another one is refused. Writes predictions.jsonl and metrics.json to ``out`` (default: a
     subdirectory of the checkpoint). Returns the metrics."""
-    config = load_config(checkpoint)
-    store = config["store"]
-    backbone = _reload_backbone(store["model"], device)
+    trained = Checkpoint.load(checkpoint)
+    provenance = trained.store.provenance
+    backbone = _reload_backbone(provenance.model, device)
     head = FrozenHead(*backbone.head()).to(backbone.device)
     side = None if backbone_only else load_side(checkpoint, backbone.device)[0]
-    pipeline = Pipeline(backbone, head, side, get_codec(store["codec"]))
+    pipeline = Pipeline(backbone, head, side, get_codec(trained.store.codec))
 
-    data = store["dataset"]
+    data = provenance.dataset
     examples, _ = load_examples(dataset or data["dataset"], split, question_field=data.get("question_field", "question"),
                                 answer_field=data.get("answer_field", "answer"), config=data.get("config"),
                                 seed=data.get("seed", 0), limit=limit)
     tokenizer = backbone.tokenizer
-    prompts = [encode_prompt(tokenizer, e.question, store["template"]["name"]) for e in examples]
-    eos = {tokenizer.eos_token_id, store["template"].get("eos_token_id")} - {None}
+    template = provenance.template or {"name": "plain"}
+    prompts = [encode_prompt(tokenizer, e.question, template["name"]) for e in examples]
+    eos = {tokenizer.eos_token_id, template.get("eos_token_id")} - {None}
     stop = lambda tokens: tokens[-1] in eos or bool(FINISHED_ANSWER.search(tokenizer.decode(tokens)))
 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batch similar lengths together
@@ -92,7 +80,7 @@ def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: st
                             "tokens": len(generated[i])})
     n_generated = sum(p["tokens"] for p in predictions)
     metrics = {
-        "model": "backbone" if backbone_only else config["side"]["kind"],
+        "model": "backbone" if backbone_only else trained.side.kind,
         "checkpoint": str(checkpoint), "dataset": dataset or data["dataset"], "split": split,
         "examples": len(predictions), "accuracy": sum(p["correct"] for p in predictions) / len(predictions),
         "mean_cot_tokens": n_generated / len(predictions), "tokens_per_second": n_generated / seconds,
@@ -119,12 +107,12 @@ def _reload_backbone(model: dict, device: str):
 def teacher_forced_loss(checkpoint: str | Path, store: str | Path, token_budget: int = 4096,
                         device: str = "auto") -> float:
     """Mean loss per target token of a checkpoint on every example of a store; no backbone."""
-    config = load_config(checkpoint)
+    trained = Checkpoint.load(checkpoint).store
     store = FeatureStore.open(store)
-    if store.attrs.get("codec") != config["store"]["codec"]:
+    if store.codec.spec != trained.codec:
         raise EvalError("the store's codec differs from the checkpoint's training store; use a store extracted "
                         "the same way")
-    differences = same_backbone(store.attrs["model"], config["store"]["model"])
+    differences = same_backbone(Provenance.load(store.attrs).model, trained.provenance.model)
     if differences:
         raise EvalError(f"the store was extracted from another backbone ({', '.join(differences)})")
     torch_device = resolve_device(device)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from extract.backbones import Backbone
 from featurestore import Codec
 
 from .model import FrozenHead, KVCache, SideNetwork
@@ -23,26 +24,19 @@ class Pipeline:
     """Backbone -> codec round-trip -> side network -> frozen head; ``side=None`` is the
     backbone alone (its own final state straight into the head: the baseline)."""
 
-    def __init__(self, backbone, head: FrozenHead, side: SideNetwork | None = None, codec: Codec | None = None):
+    def __init__(self, backbone: Backbone, head: FrozenHead, side: SideNetwork | None = None, codec: Codec | None = None):
         self.backbone, self.head, self.side, self.codec = backbone, head, side, codec
         self.device = backbone.device
 
     def start(self) -> dict:
         """Fresh caches for one batch of sequences."""
-        return {"backbone": None, "side": KVCache()}
+        return {"backbone": self.backbone.new_cache(), "side": KVCache()}
 
     @torch.inference_mode()
     def step(self, input_ids: Tensor, attention_mask: Tensor, caches: dict) -> Tensor:
         """Logits (B, T_new, V) for new tokens ``input_ids`` (B, T_new); ``attention_mask``
         (B, cached + T_new) is 1 on real tokens, 0 on left padding."""
-        T = input_ids.shape[1]
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -T:]  # left padding shifts nothing
-        output = self.backbone.model.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-            past_key_values=caches["backbone"], use_cache=True, output_hidden_states=True,
-        )
-        caches["backbone"] = output.past_key_values
-        states = output.hidden_states
+        states = self.backbone.step(input_ids, attention_mask, caches["backbone"])
         if self.side is None:
             return self.head(states[-1].float())
         hidden = {k: self.roundtrip(states[k]) for k in self.side.config.inputs}

@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from featurestore.errors import UserError
+
 from .model import FrozenHead
+
+
+class LossError(UserError, ValueError):
+    """A batch the loss cannot be computed on; the message says why."""
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -72,7 +78,7 @@ def next_token_loss(y: Tensor, input_ids: Tensor, loss_mask: Tensor, head: Froze
     """
     predicts = loss_mask[:, 1:].bool()  # (B, T - 1): position t predicts a target at t + 1
     if not predicts.any():
-        raise ValueError("the batch has no target tokens to score")
+        raise LossError("the batch has no target tokens to score")
     y_sel = y[:, :-1][predicts]  # (N, d)
     targets = input_ids[:, 1:][predicts].long()  # (N,)
     return linear_cross_entropy(y_sel, head.weight, targets, head.bias, head.softcap, chunk_size)

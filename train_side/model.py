@@ -20,7 +20,7 @@ streams (single values ~1e4 in a few tokens) that would otherwise swamp the side
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,9 +28,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from featurestore.errors import UserError
+
 from .encoded import Encoded, decoded
 
 KINDS = ("ladder", "xladder")
+LADDER_ONLY = ("taps", "every")  # settings an xLadder refuses: it taps the top delta blocks
+
+
+class SideConfigError(UserError, ValueError):
+    """Side-network settings that do not fit together or the backbone; the message says which."""
 
 
 @dataclass
@@ -40,50 +47,59 @@ class SideConfig:
     n_layers: int  # backbone blocks L
     hidden_size: int  # backbone width d
     intermediate_size: int  # backbone MLP width
-    kind: str = "ladder"  # "ladder" | "xladder"
-    taps: list[int] | None = None  # ladder: backbone blocks feeding a ladder (None: see `every`)
-    every: int = 1  # ladder without taps: every k-th block counted down from L, so L is always a tap
-    delta: int = 2  # xladder: top blocks tapped; the side network has 2 * delta blocks
-    reduction: int = 8  # r: side width d / r, side MLP width intermediate_size / r
-    side_width: int | None = None  # overrides d / r (the MLP width keeps the backbone's ratio)
-    n_heads: int | None = None  # default: side width // 32, at least 1
-    gate_temperature: float = 0.1  # T in mu = sigmoid(alpha / T): a small T makes the gates learn fast
-    mix: bool = True  # mix the output with h_L through a learned per-channel gate
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
+    kind: str = field(default="ladder", metadata={
+        "choices": KINDS, "help": "ladder: ladders from taps along the backbone; xladder: from its top delta blocks."})
+    taps: list[int] | None = field(default=None, metadata={
+        "help": "Ladder: backbone blocks feeding a ladder, e.g. 10,20,30 (default: see every)."})
+    every: int = field(default=1, metadata={
+        "help": "Ladder without taps: every k-th block, counted down from L (so L is always a tap)."})
+    delta: int = field(default=2, metadata={
+        "help": "xLadder: top blocks tapped; the side network has 2 * delta blocks."})
+    reduction: int = field(default=8, metadata={
+        "help": "r: the side width is the backbone width / r, the side MLP width the backbone's / r."})
+    side_width: int | None = field(default=None, metadata={
+        "help": "Explicit side width, overriding reduction (the MLP width keeps the backbone's ratio)."})
+    n_heads: int | None = field(default=None, metadata={
+        "aliases": ["heads"], "help": "Attention heads of the side blocks (default: side width // 32, at least 1)."})
+    gate_temperature: float = field(default=0.1, metadata={
+        "help": "T in mu = sigmoid(alpha / T): a small T makes the ladder gates learn fast."})
+    mix: bool = field(default=True, metadata={
+        "help": "Mix the output with the backbone's final state through a learned per-channel gate."})
+    rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base of the side blocks."})
+    norm_eps: float = field(default=1e-5, metadata={"help": "RMSNorm epsilon."})
 
     def __post_init__(self):
         if self.taps is not None:
             self.taps = list(self.taps)  # a tuple would not survive the JSON round trip
         if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
+            raise SideConfigError(f"kind must be one of {KINDS}, not {self.kind!r}")
         if self.n_layers < 1:
-            raise ValueError(f"n_layers must be at least 1, not {self.n_layers}")
+            raise SideConfigError(f"n_layers must be at least 1, not {self.n_layers}")
         self._check_taps()
         if self.side_width is None and (self.reduction < 1 or self.hidden_size % self.reduction):
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by reduction {self.reduction}")
+            raise SideConfigError(f"hidden_size {self.hidden_size} is not divisible by reduction {self.reduction}")
         if self.width < 1 or self.mlp_width < 1:
-            raise ValueError(f"side width {self.width} and MLP width {self.mlp_width} must be positive")
+            raise SideConfigError(f"side width {self.width} and MLP width {self.mlp_width} must be positive")
         if self.heads < 1 or self.width % self.heads or (self.width // self.heads) % 2:
-            raise ValueError(f"side width {self.width} must split into {self.heads} heads of even size (RoPE); "
+            raise SideConfigError(f"side width {self.width} must split into {self.heads} heads of even size (RoPE); "
                              "set n_heads")
         if self.gate_temperature <= 0:
-            raise ValueError(f"gate_temperature must be positive, not {self.gate_temperature}")
+            raise SideConfigError(f"gate_temperature must be positive, not {self.gate_temperature}")
 
     def _check_taps(self):
         L = self.n_layers
         if self.kind == "xladder":
             if self.taps is not None or self.every != 1:
-                raise ValueError("taps and every are Ladder options; xLadder taps the top delta blocks")
+                raise SideConfigError("taps and every are Ladder options; xLadder taps the top delta blocks")
             if not 1 <= self.delta <= L:
-                raise ValueError(f"delta must be in 1..{L}, not {self.delta}")
+                raise SideConfigError(f"delta must be in 1..{L}, not {self.delta}")
         elif self.taps is None:
             if not 1 <= self.every <= L:
-                raise ValueError(f"every must be in 1..{L}, not {self.every}")
+                raise SideConfigError(f"every must be in 1..{L}, not {self.every}")
         elif self.every != 1:
-            raise ValueError("give taps or every, not both")
+            raise SideConfigError("give taps or every, not both")
         elif not self.taps or self.taps != sorted(set(self.taps)) or not 1 <= self.taps[0] <= self.taps[-1] <= L:
-            raise ValueError(f"taps must be a non-empty increasing list of blocks in 1..{L}, not {self.taps}")
+            raise SideConfigError(f"taps must be a non-empty increasing list of blocks in 1..{L}, not {self.taps}")
 
     @property
     def width(self) -> int:

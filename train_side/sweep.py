@@ -10,21 +10,28 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
-from .checkpoint import load_config
-from .model import SideConfig
+from featurestore.errors import UserError
+from featurestore.options import field_names
+
+from .checkpoint import Checkpoint
+from .config import DataConfig, OptimConfig
+from .model import LADDER_ONLY, SideConfig
 from .plots import compare_runs
-from .train import DataConfig, OptimConfig, backbone_dims, fit
+from .train import backbone_dims, fit
 
-SIDE_KEYS = {f.name for f in fields(SideConfig)} - {"n_layers", "hidden_size", "intermediate_size"}
-OPTIM_KEYS = {f.name for f in fields(OptimConfig)}
+# The sweepable settings are exactly the options of `train_side train` for SideConfig and
+# OptimConfig (every field with a default: not the backbone's sizes, which come from the store).
+# A grid key may be any of an option's names: heads, n-heads and n_heads all mean n_heads.
+SETTING_NAMES = field_names(SideConfig, OptimConfig)
+SIDE_KEYS = set(field_names(SideConfig).values())
+OPTIM_KEYS = set(field_names(OptimConfig).values())
 
 
-class GridError(ValueError):
+class GridError(UserError, ValueError):
     """A grid that cannot be expanded; the message says what to fix."""
 
 
@@ -36,25 +43,38 @@ def load_grid(path: str | Path) -> dict[str, list]:
         raise GridError(f"cannot read grid file {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(grid, dict):
         raise GridError(f"{path} must map settings to lists of values, e.g. 'lr: [0.001, 0.003]'")
-    return {str(k): v if isinstance(v, list) else [v] for k, v in grid.items()}
+    return normalise({str(k): v if isinstance(v, list) else [v] for k, v in grid.items()})
 
 
 def parse_grid_options(options: list[str]) -> dict[str, list]:
-    """``["lr=1e-3,3e-3", "kind=ladder,xladder"]`` -> ``{"lr": [0.001, 0.003], "kind": [...]}``."""
+    """``["lr=1e-3,3e-3", "heads=2,4"]`` -> ``{"lr": [0.001, 0.003], "n_heads": [2, 4]}``."""
     grid = {}
     for option in options:
         key, sep, values = option.partition("=")
         if not sep or not values:
             raise GridError(f"--grid {option!r} is not key=value[,value...]")
         grid[key.strip()] = [yaml.safe_load(v) for v in values.split(",")]
-    return grid
+    return normalise(grid)
+
+
+def normalise(grid: dict[str, list]) -> dict[str, list]:
+    """The grid keyed by field names (``heads`` -> ``n_heads``), so that run names and configs
+    see one spelling of each setting."""
+    unknown = sorted(key for key in grid if key.lstrip("-") not in SETTING_NAMES)
+    if unknown:
+        raise GridError(f"unknown settings {unknown}; sweepable: {', '.join(sorted(SIDE_KEYS | OPTIM_KEYS))}")
+    normalised = {}
+    for key, values in grid.items():
+        name = SETTING_NAMES[key.lstrip("-")]
+        if name in normalised:
+            raise GridError(f"the grid gives {name} twice ({key!r} is another name of it); give it once")
+        normalised[name] = values
+    return normalised
 
 
 def expand(grid: dict[str, list]) -> list[dict]:
     """Every combination of the grid's values, in a stable order."""
-    unknown = sorted(set(grid) - SIDE_KEYS - OPTIM_KEYS)
-    if unknown:
-        raise GridError(f"unknown settings {unknown}; sweepable: {', '.join(sorted(SIDE_KEYS | OPTIM_KEYS))}")
+    grid = normalise(grid)
     keys = list(grid)
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
@@ -69,7 +89,7 @@ def configs(params: dict, base_side: dict, base_optim: dict, backbone: dict) -> 
     """The side and optimiser configs of one grid point on top of the base settings."""
     side = {**base_side, **{k: v for k, v in params.items() if k in SIDE_KEYS}}
     if side.get("kind") == "xladder":  # Ladder-only settings of the base would be refused
-        side = {k: v for k, v in side.items() if k not in ("taps", "every") or k in params}
+        side = {k: v for k, v in side.items() if k not in LADDER_ONLY or k in params}
     optim = {**base_optim, **{k: v for k, v in params.items() if k in OPTIM_KEYS}}
     try:
         return SideConfig(**backbone, **side), OptimConfig(**optim)
@@ -81,14 +101,14 @@ def write_summary(out: Path, run_dirs: dict[str, tuple[dict, Path]]) -> list[dic
     """summary.csv and val_loss.png comparing the runs; returns the table's rows."""
     rows = []
     for name, (params, run_dir) in run_dirs.items():
-        config = load_config(run_dir)
+        run = Checkpoint.load(run_dir)
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        steps_per_epoch = max(1, round(config["step"] / max(config["epochs"], 1e-9)))
+        steps_per_epoch = max(1, round(run.step / max(run.epochs, 1e-9)))
         train = [m["loss"] for m in metrics if "loss" in m][-steps_per_epoch:]
-        rows.append({"run": name, **params, "parameters": config["n_parameters"],
+        rows.append({"run": name, **params, "parameters": run.n_parameters,
                      "train_loss": round(sum(train) / len(train), 4),
-                     "val_loss": None if config["val_loss"] is None else round(config["val_loss"], 4),
-                     "train_seconds": round(config["train_seconds"], 1)})
+                     "val_loss": None if run.val_loss is None else round(run.val_loss, 4),
+                     "train_seconds": round(run.train_seconds, 1)})
     with (out / "summary.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()

@@ -10,44 +10,30 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from extract.provenance import Provenance
 from featurestore import FeatureStore
+from featurestore.errors import UserError
 
 from . import checkpoint
+from .checkpoint import Checkpoint, TrainedFrom
+from .config import DataConfig, OptimConfig
 from .data import Batch, epoch_order, plan, read_ahead, split_examples
 from .loss import next_token_loss
 from .model import FrozenHead, SideConfig, SideNetwork
 from .plots import loss_curve
 
 
-@dataclass
-class OptimConfig:
-    """How one side network is optimised (JSON round-trippable)."""
-
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    warmup: float = 0.05  # fraction of all steps spent warming up linearly
-    min_lr: float = 0.1  # the cosine ends at min_lr * lr
-    grad_clip: float = 1.0
-    seed: int = 0  # initialisation
-    recompute: bool = True  # recompute side-block activations in backward: much less memory, ~7% more time
+class TrainError(UserError, ValueError):
+    """A training job the store or the runs' state cannot serve; the message says what to change."""
 
 
-@dataclass
-class DataConfig:
-    """What every run of a training job (or sweep) sees: the same batches in the same order."""
-
-    epochs: int = 2
-    token_budget: int = 4096  # padded tokens per batch
-    val_fraction: float = 0.05
-    seed: int = 0  # validation split and batch order
-    eval_every: int = 0  # steps between validations (0: at the end of each epoch only)
-    save_every: int = 0  # steps between checkpoints (0: at the end of each epoch only)
+class RunDirectoryError(UserError, FileExistsError):
+    """An output directory that already holds a training run, when a fresh one was asked for."""
 
 
 def batch_loss(model: SideNetwork, head: FrozenHead, batch: Batch) -> torch.Tensor:
@@ -80,9 +66,9 @@ class Run:
     """One side network in training."""
 
     def __init__(self, name: str, out: Path, side: SideConfig, optim: OptimConfig, head: FrozenHead,
-                 total_steps: int, store_info: dict, data: DataConfig, device: torch.device):
+                 total_steps: int, trained_from: TrainedFrom, data: DataConfig, device: torch.device):
         self.name, self.out, self.side, self.optim, self.head = name, out, side, optim, head
-        self.total_steps, self.store_info, self.data, self.device = total_steps, store_info, data, device
+        self.total_steps, self.trained_from, self.data, self.device = total_steps, trained_from, data, device
         torch.manual_seed(optim.seed)  # each run's initialisation depends on its own seed only
         self.model = SideNetwork(side).to(device)
         self.model.recompute = optim.recompute
@@ -100,7 +86,8 @@ class Run:
 
     def start_fresh(self) -> None:
         if (self.out / "metrics.jsonl").exists():
-            raise FileExistsError(f"{self.out} already holds a training run; resume it (--resume) or choose another --out")
+            raise RunDirectoryError(f"{self.out} already holds a training run; resume it (--resume) or choose "
+                                    "another --out")
 
     def lr_factor(self, step: int) -> float:
         """Linear warmup, then cosine decay to ``min_lr``."""
@@ -135,35 +122,30 @@ class Run:
         checkpoint.save(self.out, self.model, self.describe())
         checkpoint.save_resume_state(self.out, self.optimizer, self.scheduler, self.step)
 
-    def describe(self) -> dict:
-        return {"name": self.name, "side": asdict(self.side), "optim": asdict(self.optim), "data": asdict(self.data),
-                "store": self.store_info, "n_parameters": self.model.n_parameters(), "step": self.step,
-                "epochs": round(self.step * self.data.epochs / self.total_steps, 4), "val_loss": self.val_loss,
-                "train_seconds": round(self.seconds, 3)}
+    def describe(self) -> Checkpoint:
+        return Checkpoint(name=self.name, side=self.side, optim=self.optim, data=self.data, store=self.trained_from,
+                          n_parameters=self.model.n_parameters(), step=self.step,
+                          epochs=round(self.step * self.data.epochs / self.total_steps, 4), val_loss=self.val_loss,
+                          train_seconds=round(self.seconds, 3))
 
     def resume(self) -> None:
         """Continues from this run's last checkpoint (weights, optimizer, schedule, step)."""
         self.model.load_state_dict(checkpoint.load_weights(self.out, self.device))
         self.step = checkpoint.load_resume_state(self.out, self.optimizer, self.scheduler, self.device)
-        self.val_loss = checkpoint.load_config(self.out).get("val_loss")
+        self.val_loss = Checkpoint.load(self.out).val_loss
         kept = [line for line in (self.out / "metrics.jsonl").read_text().splitlines()
                 if json.loads(line)["step"] <= self.step]  # drop what was logged after the checkpoint
         (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
 
 
-def store_info(store: FeatureStore) -> dict:
+def store_info(store: FeatureStore) -> TrainedFrom:
     """What a checkpoint records of its store: enough to find it again and to reload its backbone."""
-    return {key: store.attrs.get(key) for key in ("fingerprint", "codec", "model", "template", "layers", "dataset")} | {
-        "location": store.location}
+    return TrainedFrom.of(store)
 
 
 def backbone_dims(store: FeatureStore) -> dict:
-    """The backbone sizes a SideConfig needs, from the store's model description."""
-    model = store.attrs.get("model") or {}
-    missing = [k for k in ("n_layers", "intermediate_size") if k not in model]
-    if missing:
-        raise ValueError(f"the store does not describe its backbone's {', '.join(missing)}; re-extract it")
-    return {"n_layers": model["n_layers"], "hidden_size": store.hidden_size, "intermediate_size": model["intermediate_size"]}
+    """The backbone sizes a SideConfig needs, from the store's provenance."""
+    return Provenance.load(store.attrs).backbone_sizes
 
 
 def train(store, out: str | Path, *, side: dict | None = None, optim: OptimConfig | None = None,
@@ -189,7 +171,7 @@ def fit(store: FeatureStore, runs_spec: list[tuple[str, Path, SideConfig, OptimC
     layers = sorted({k for _, _, side, _ in runs_spec for k in side.inputs})
     missing = sorted(set(layers) - set(store.layers))
     if missing:
-        raise ValueError(f"the side networks read hidden states {missing}, which the store does not hold "
+        raise TrainError(f"the side networks read hidden states {missing}, which the store does not hold "
                          f"(it has {list(store.layers)}); extract them or change the taps")
     weights, head_config = store.head()
     head = FrozenHead(weights, head_config).to(device)
@@ -201,7 +183,7 @@ def fit(store: FeatureStore, runs_spec: list[tuple[str, Path, SideConfig, OptimC
     validation = [b.to(device) for b in read_ahead(store, val_batches, layers)]
     start_step = min(run.step for run in runs)
     if any(run.step != start_step for run in runs):
-        raise ValueError("the runs of this job stopped at different steps; resume them separately")
+        raise TrainError("the runs of this job stopped at different steps; resume them separately")
     with tqdm(total=total_steps, initial=start_step, unit="step", desc="train", disable=not progress,
               file=sys.stderr) as bar:
         for epoch in range(start_step // len(train_batches), data.epochs):

@@ -1,13 +1,14 @@
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 
-from extract import arith
-from extract.data import examples_sha256, final_answer
-from extract.prompts import encode_example
+from extract.tasks import arith
+from extract.tasks.answers import final_answer
+from extract.tasks.examples import examples_sha256
+from extract.tasks.prompts import encode_example
+from tests import helpers
 
 EQUATION = re.compile(r"(\d+) ([-+x]) (\d+) = (\d+)")
 APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "x": lambda a, b: a * b}
@@ -54,9 +55,9 @@ def test_answers_are_correct_and_in_range(arith_train, arith_test):
 
 
 def test_deterministic_across_processes():
-    code = "from extract import arith, data; print(data.examples_sha256(arith.generate(300, seed=7)))"
-    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONHASHSEED": "123"})
+    code = "from extract.tasks import arith, examples; print(examples.examples_sha256(arith.generate(300, seed=7)))"
+    child = helpers.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                        env={**os.environ, "PYTHONHASHSEED": "123"}, timeout=120)
     assert child.stdout.strip() == examples_sha256(arith.generate(300, seed=7))
     assert arith.generate(300, seed=7) == arith.generate(300, seed=7)
     assert arith.generate(300, seed=8) != arith.generate(300, seed=7)
@@ -100,6 +101,7 @@ def test_parameters():
         arith.generate(5, max_operand=1)
 
 
+@pytest.mark.slow
 def test_token_lengths_with_smollm2(smollm2_tokenizer, arith_train, arith_test):
     lengths = [len(encode_example(smollm2_tokenizer, e, "plain")[0]) for e in arith_train + arith_test]
     assert 50 <= min(lengths) and max(lengths) <= 120

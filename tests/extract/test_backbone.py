@@ -25,8 +25,10 @@ from transformers import (
     GgufConfig,
 )
 
-from extract import backbone as bb
-from extract.backbone import (
+from extract.backbones import head as bb_head
+from extract.backbones import packaged as bb_packaged
+from extract.backbones import weights as bb_weights
+from extract.backbones import (
     PACKAGED_MODELS,
     Backbone,
     BackboneError,
@@ -55,12 +57,6 @@ def offline():
 # --- tiny models -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {name: save_tiny_model(root / name, name) for name in ("llama", "gemma3", "phi")}
-
-
 def apply_head(h: np.ndarray, arrays: dict, config: dict) -> np.ndarray:
     """Logits from the last hidden state *before* the final norm, by the head()'s description."""
     norm = config["norm"]
@@ -77,7 +73,7 @@ def apply_head(h: np.ndarray, arrays: dict, config: dict) -> np.ndarray:
 def pre_norm_state(backbone: Backbone, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     """What the final norm receives: hooked, since hidden_states()[L] is already normed."""
     captured = []
-    norm = bb._final_norm(backbone.model.get_decoder())
+    norm = bb_head._final_norm(backbone.model.get_decoder())
     handle = norm.register_forward_hook(lambda module, args, output: captured.append(args[0]))
     try:
         backbone.hidden_states(ids, mask)
@@ -87,14 +83,14 @@ def pre_norm_state(backbone: Backbone, ids: torch.Tensor, mask: torch.Tensor) ->
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma3", "phi"])
-def test_hidden_states_match_the_causal_lm(tiny_dirs, architecture):
-    backbone = load_backbone(str(tiny_dirs[architecture]))
+def test_hidden_states_match_the_causal_lm(tiny_models, architecture):
+    backbone = load_backbone(str(tiny_models[architecture]))
     states = backbone.hidden_states(IDS, MASK)
 
     assert backbone.n_layers == L and backbone.hidden_size == D
     assert len(states) == L + 1 and all(s.shape == (2, 8, D) for s in states)
     with torch.no_grad():
-        reference = AutoModelForCausalLM.from_pretrained(tiny_dirs[architecture])(
+        reference = AutoModelForCausalLM.from_pretrained(tiny_models[architecture])(
             input_ids=IDS, attention_mask=MASK, output_hidden_states=True
         ).hidden_states
     for ours, theirs in zip(states, reference, strict=True):
@@ -103,8 +99,8 @@ def test_hidden_states_match_the_causal_lm(tiny_dirs, architecture):
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma3", "phi"])
-def test_head_reproduces_the_logits(tiny_dirs, architecture):
-    backbone = load_backbone(str(tiny_dirs[architecture]))
+def test_head_reproduces_the_logits(tiny_models, architecture):
+    backbone = load_backbone(str(tiny_models[architecture]))
     arrays, config = backbone.head()
 
     json.dumps(config)
@@ -126,12 +122,12 @@ def test_head_reproduces_the_logits(tiny_dirs, architecture):
     np.testing.assert_allclose(ours, logits, rtol=0, atol=1e-5)
 
 
-def test_info_is_json_and_describes_the_model(tiny_dirs):
-    backbone = load_backbone(str(tiny_dirs["llama"]))
+def test_info_is_json_and_describes_the_model(tiny_models):
+    backbone = load_backbone(str(tiny_models["llama"]))
     info = json.loads(json.dumps(backbone.info))
 
     assert info == backbone.info
-    assert info["id"] == str(tiny_dirs["llama"].resolve())
+    assert info["id"] == str(tiny_models["llama"].resolve())
     expected = {
         "architecture": "LlamaForCausalLM", "model_type": "llama", "dtype": "float32", "quantization": "none",
         "n_layers": L, "hidden_size": D, "intermediate_size": FF, "vocab_size": V, "num_attention_heads": HEADS,
@@ -143,11 +139,11 @@ def test_info_is_json_and_describes_the_model(tiny_dirs):
     assert backbone.tokenizer.pad_token == "<eos>"  # the tiny tokenizer has none: eos stands in
 
 
-def test_same_weights_are_the_same_backbone_wherever_they_live(tmp_path, tiny_dirs):
-    original = load_backbone(str(tiny_dirs["llama"])).info
+def test_same_weights_are_the_same_backbone_wherever_they_live(tmp_path, tiny_models):
+    original = load_backbone(str(tiny_models["llama"])).info
     copy = load_backbone(str(save_tiny_model(tmp_path / "copy", "llama"))).info
     other = load_backbone(str(save_tiny_model(tmp_path / "other", "llama", seed=1))).info
-    bf16 = load_backbone(str(tiny_dirs["llama"]), dtype="bfloat16").info
+    bf16 = load_backbone(str(tiny_models["llama"]), dtype="bfloat16").info
 
     assert copy["id"] != original["id"] and same_backbone(original, copy) == []
     assert same_backbone(original, other) == ["weights_hash"]
@@ -156,7 +152,7 @@ def test_same_weights_are_the_same_backbone_wherever_they_live(tmp_path, tiny_di
     assert same_backbone(original, changed) == ["quantization", "architecture"]
 
 
-def test_hub_id_loads_offline_from_the_hf_cache(tmp_path, monkeypatch, tiny_dirs):
+def test_hub_id_loads_offline_from_the_hf_cache(tmp_path, monkeypatch, tiny_models):
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--ladder-test--tiny-llama"
     (repo / "refs").mkdir(parents=True)
@@ -167,7 +163,7 @@ def test_hub_id_loads_offline_from_the_hf_cache(tmp_path, monkeypatch, tiny_dirs
     backbone = load_backbone("ladder-test/tiny-llama")
 
     assert backbone.info["id"] == "ladder-test/tiny-llama"
-    assert same_backbone(backbone.info, load_backbone(str(tiny_dirs["llama"])).info) == []
+    assert same_backbone(backbone.info, load_backbone(str(tiny_models["llama"])).info) == []
 
 
 def test_weight_file_hashes_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
@@ -190,11 +186,11 @@ def test_weight_file_hashes_are_cached_by_path_size_and_mtime(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize(("quantization", "bound"), [("nf4", 0.25), ("fp4", 0.3), ("int8", 0.05)])
-def test_quantised_models_run_on_cpu(tiny_dirs, quantization, bound):
+def test_quantised_models_run_on_cpu(tiny_models, quantization, bound):
     """Bound: relative L2 error of every hidden state vs the float32 model. Measured on this tiny
     random model (block size 64 = its whole width): ~0.08 nf4, ~0.1 fp4, ~0.01 int8."""
-    plain = load_backbone(str(tiny_dirs["llama"])).hidden_states(IDS, MASK)
-    backbone = load_backbone(str(tiny_dirs["llama"]), quantization=quantization)
+    plain = load_backbone(str(tiny_models["llama"])).hidden_states(IDS, MASK)
+    backbone = load_backbone(str(tiny_models["llama"]), quantization=quantization)
     states = backbone.hidden_states(IDS, MASK)
 
     assert backbone.info["quantization"] == quantization
@@ -205,7 +201,7 @@ def test_quantised_models_run_on_cpu(tiny_dirs, quantization, bound):
         assert (quantised - reference).norm() / reference.norm() < bound
 
     arrays, _ = backbone.head()  # lm_head stays unquantised: the head is the float32 one
-    unquantised = load_backbone(str(tiny_dirs["llama"])).head()[0]
+    unquantised = load_backbone(str(tiny_models["llama"])).head()[0]
     np.testing.assert_array_equal(arrays["lm_head.weight"], unquantised["lm_head.weight"])
 
 
@@ -287,7 +283,7 @@ def tiny_gguf_alias(tmp_path, monkeypatch) -> Path:
 
 
 def test_gguf_is_converted_once_losslessly_and_reused(tiny_gguf_alias, caplog):
-    with caplog.at_level(logging.WARNING, logger="extract.backbone"):
+    with caplog.at_level(logging.WARNING, logger="extract.backbones.packaged"):
         first = load_backbone("tiny-gguf")
     directory = packaged_model_dir("tiny-gguf")
     assert directory.name == f"tiny-gguf-{file_sha256(tiny_gguf_alias)[:16]}"
@@ -310,7 +306,7 @@ def test_gguf_is_converted_once_losslessly_and_reused(tiny_gguf_alias, caplog):
 
     stamp = directory.stat().st_mtime_ns, (directory / "model.safetensors").stat().st_mtime_ns
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="extract.backbone"):
+    with caplog.at_level(logging.WARNING, logger="extract.backbones.packaged"):
         second = load_backbone("tiny-gguf", quantization="nf4")
     assert not caplog.records
     assert (directory.stat().st_mtime_ns, (directory / "model.safetensors").stat().st_mtime_ns) == stamp
@@ -326,7 +322,7 @@ def test_interrupted_conversion_leaves_nothing_that_looks_complete(tiny_gguf_ali
     monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", interrupted)
     with pytest.raises(KeyboardInterrupt):
         load_backbone("tiny-gguf")
-    assert list((bb.cache_root() / "models").iterdir()) == []
+    assert list((bb_weights.cache_root() / "models").iterdir()) == []
 
     monkeypatch.undo()  # undoes the cache root too: set it again
     monkeypatch.setenv("LADDER_CACHE_DIR", str(tiny_gguf_alias.parent / "cache"))
@@ -365,15 +361,15 @@ def test_directories_that_are_not_models_are_refused(tmp_path):
     ({"device": "tpu"}, "unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
     ({"device": "cuda:99"}, "cuda:99"),
 ])
-def test_bad_settings_are_refused_before_loading(tiny_dirs, settings, message):
+def test_bad_settings_are_refused_before_loading(tiny_models, settings, message):
     with pytest.raises(BackboneError) as error:
-        load_backbone(str(tiny_dirs["llama"]), **settings)
+        load_backbone(str(tiny_models["llama"]), **settings)
     assert message in str(error.value)
 
 
-def test_gemma3_in_float16_is_refused(tiny_dirs):
+def test_gemma3_in_float16_is_refused(tiny_models):
     with pytest.raises(BackboneError, match="exceed float16's range; use dtype bfloat16 or float32"):
-        load_backbone(str(tiny_dirs["gemma3"]), dtype="float16")
+        load_backbone(str(tiny_models["gemma3"]), dtype="float16")
 
 
 @pytest.mark.parametrize(("alias", "package", "install"), [
@@ -399,19 +395,21 @@ def gemma3() -> Backbone:
     return load_backbone("gemma3-270m")  # converts into the default cache the first time (~60 s)
 
 
+@pytest.mark.slow
 def test_smollm2_info(smollm2):
     info = smollm2.info
     assert (info["id"], info["architecture"], info["model_type"]) == ("smollm2-135m", "LlamaForCausalLM", "llama")
     assert (info["n_layers"], info["hidden_size"], info["vocab_size"]) == (30, 576, 49152)
-    assert info["weights_hash"] == file_sha256(bb._smollm2_gguf())
+    assert info["weights_hash"] == file_sha256(bb_packaged._smollm2_gguf())
     assert smollm2.head()[1]["tied"] and smollm2.tokenizer.chat_template
 
 
+@pytest.mark.slow
 def test_smollm2_second_load_reuses_the_cache(smollm2, caplog):
     directory = packaged_model_dir("smollm2-135m")
     stamp = directory.stat().st_mtime_ns, (directory / "model.safetensors").stat().st_mtime_ns
     start = time.perf_counter()
-    with caplog.at_level(logging.WARNING, logger="extract.backbone"):
+    with caplog.at_level(logging.WARNING, logger="extract.backbones.packaged"):
         again = load_backbone("smollm2-135m")
     seconds = time.perf_counter() - start
 
@@ -421,6 +419,7 @@ def test_smollm2_second_load_reuses_the_cache(smollm2, caplog):
     assert same_backbone(smollm2.info, again.info) == [] and again.info == smollm2.info
 
 
+@pytest.mark.slow
 def test_smollm2_answers_a_question(smollm2):
     prompt = smollm2.tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
@@ -431,6 +430,7 @@ def test_smollm2_answers_a_question(smollm2):
     assert "Paris" in smollm2.tokenizer.decode(output[0, prompt["input_ids"].shape[1]:])
 
 
+@pytest.mark.slow
 def test_smollm2_first_token_has_a_massive_activation(smollm2):
     """The codec design relies on it: the first token's middle-layer states reach ~22500 while
     other tokens stay below ~600."""
@@ -441,6 +441,7 @@ def test_smollm2_first_token_has_a_massive_activation(smollm2):
     assert middle[0, 1:].abs().max() < 1000
 
 
+@pytest.mark.slow
 def test_gemma3_hidden_states_exceed_float16_and_its_head_reproduces_the_logits(gemma3):
     info = gemma3.info
     assert (info["architecture"], info["model_type"], info["n_layers"], info["hidden_size"]) == (

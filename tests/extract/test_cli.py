@@ -12,11 +12,6 @@ from featurestore import FeatureStore, StoreError
 from tests.models import save_tiny_model
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("m") / "llama", "llama")
-
-
 def run(*args):
     result = CliRunner().invoke(main, list(map(str, args)))
     assert "Traceback" not in result.output
@@ -43,34 +38,34 @@ def test_unknown_model_and_missing_path(tmp_path):
     assert "no such directory" in error(run("--model", "./missing/model", "--root", tmp_path))
 
 
-def test_missing_fields_list_the_columns(tmp_path, llama):
+def test_missing_fields_list_the_columns(tmp_path, tiny_llama):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"prompt": "2+2?", "response": "#### 4"}) + "\n")
-    message = error(run("--model", llama, "--dataset", data, "--root", tmp_path))
+    message = error(run("--model", tiny_llama, "--dataset", data, "--root", tmp_path))
     assert "no column 'question'" in message and "prompt, response" in message
-    assert run("--model", llama, "--dataset", data, "--question-field", "prompt", "--answer-field", "response",
+    assert run("--model", tiny_llama, "--dataset", data, "--question-field", "prompt", "--answer-field", "response",
                "--root", tmp_path).exit_code == 0
 
 
-def test_empty_dataset(tmp_path, llama):
+def test_empty_dataset(tmp_path, tiny_llama):
     (tmp_path / "empty.jsonl").write_text("")
-    assert "no examples" in error(run("--model", llama, "--dataset", tmp_path / "empty.jsonl", "--root", tmp_path))
+    assert "no examples" in error(run("--model", tiny_llama, "--dataset", tmp_path / "empty.jsonl", "--root", tmp_path))
 
 
-def test_long_examples_are_truncated_and_counted_or_skipped(tmp_path, llama):
-    result = run("--model", llama, "--limit", "8", "--max-length", "240", "--root", tmp_path / "a")
+def test_long_examples_are_truncated_and_counted_or_skipped(tmp_path, tiny_llama):
+    result = run("--model", tiny_llama, "--limit", "8", "--max-length", "240", "--root", tmp_path / "a")
     [store] = (tmp_path / "a").glob("*.zarr")
     truncated = FeatureStore.open(store).attrs["stats"]["n_truncated"]
     assert truncated > 0 and f"warning: {truncated} examples longer than --max-length were truncated" in result.output
     assert FeatureStore.open(store).lengths.max() == 240
-    result = run("--model", llama, "--limit", "8", "--max-length", "240", "--skip-long", "--root", tmp_path / "b")
+    result = run("--model", tiny_llama, "--limit", "8", "--max-length", "240", "--skip-long", "--root", tmp_path / "b")
     [store] = (tmp_path / "b").glob("*.zarr")
     assert f"warning: {truncated} examples skipped" in result.output
     assert FeatureStore.open(store).n_examples == 8 - truncated
 
 
-def test_bad_layer_spec(tmp_path, llama):
-    assert "bad --layers" in error(run("--model", llama, "--layers", "first:3", "--root", tmp_path))
+def test_bad_layer_spec(tmp_path, tiny_llama):
+    assert "bad --layers" in error(run("--model", tiny_llama, "--layers", "first:3", "--root", tmp_path))
 
 
 def test_fp16_overflow_is_an_error_naming_the_layer_and_no_store_is_complete(tmp_path):

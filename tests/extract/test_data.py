@@ -3,15 +3,11 @@ import json
 import datasets
 import pytest
 
-from extract import arith
-from extract.data import (
-    DataError,
-    Example,
-    final_answer,
-    last_number,
-    load_examples,
-    make_example,
-)
+from extract.tasks import arith
+from extract.errors import DataError
+from extract.tasks.answers import final_answer, last_number
+from extract.tasks.datasets import load_examples
+from extract.tasks.examples import Example, make_example
 
 ROWS = [
     {"question": "Tom has 3 cats and gets 2 more. How many?", "answer": "3 + 2 = 5.\n#### 5"},

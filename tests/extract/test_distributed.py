@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,8 @@ import torch
 from extract.distributed import DistributedError, Ranks
 from extract.run import extract
 from featurestore import FeatureStore, Geometry, catalog, verify
-from tests.featurestore.test_writer import arrays
-from tests.models import save_tiny_model
+from tests import helpers
+from tests.featurestore.synth import arrays
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = dict(limit=40, codec="fp32", chunk_mb=0.04, token_budget=600)  # ~8k tokens in ~33 shards
@@ -26,17 +25,12 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("m") / "llama", "llama")
-
-
-@pytest.fixture(scope="module")
-def reference(llama, tmp_path_factory):
+def reference(tiny_llama, tmp_path_factory):
     """One plain single-process extraction (one thread, as every rank here)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return extract(str(llama), root=tmp_path_factory.mktemp("single"), progress=False, **SETTINGS)
+        return extract(str(tiny_llama), root=tmp_path_factory.mktemp("single"), progress=False, **SETTINGS)
     finally:
         torch.set_num_threads(threads)
 
@@ -65,11 +59,12 @@ def test_each_rank_takes_its_own_gpu_and_no_two_ranks_share_one():
         Ranks(1, 2, 1).device("cuda:0")
 
 
-def test_torchrun_two_ranks_write_the_single_process_store(tmp_path, llama, reference):
+@pytest.mark.slow
+def test_torchrun_two_ranks_write_the_single_process_store(tmp_path, tiny_llama, reference):
     """The `extract` command under torchrun: gloo on CPU, rank 0 reports alone."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "extract", "--model", str(llama), "--root", str(tmp_path), *OPTIONS]
-    done = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+               "-m", "extract", "--model", str(tiny_llama), "--root", str(tmp_path), *OPTIONS]
+    done = helpers.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(f"extracted {SETTINGS['limit']} examples") == 1 and "rank 0 of 2" in done.stderr
     [store] = tmp_path.glob("*.zarr")
@@ -91,7 +86,7 @@ def two_rank_runs(rank: int, port: int, model: str, root: str, out: str) -> None
     import torch.distributed as dist
 
     from extract import run
-    from extract.backbone import BackboneSource
+    from extract.backbones import BackboneSource
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -131,9 +126,12 @@ def _written(root: str) -> dict:
     return {"complete": FeatureStore.open(store, allow_incomplete=True).complete, "shards": shards}
 
 
-def test_a_failed_rank_leaves_the_store_incomplete_and_resume_completes_it(tmp_path, llama, reference):
+@pytest.mark.slow
+def test_a_failed_rank_leaves_the_store_incomplete_and_resume_completes_it(tmp_path, tiny_llama, reference):
     root = tmp_path / "root"
-    torch.multiprocessing.spawn(two_rank_runs, args=(free_port(), str(llama), str(root), str(tmp_path)), nprocs=2)
+    spawned = torch.multiprocessing.spawn(two_rank_runs, args=(free_port(), str(tiny_llama), str(root), str(tmp_path)),
+                                          nprocs=2, join=False)
+    helpers.join_spawned(spawned, 300, "the two spawned ranks")
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     failed, resumed, again = rank0
     assert rank1[0]["error"] == "RuntimeError: injected failure"
@@ -149,18 +147,24 @@ def test_a_failed_rank_leaves_the_store_incomplete_and_resume_completes_it(tmp_p
     assert FeatureStore.open(store).attrs["stats"]["extract_tokens"] == resumed["computed"]
 
 
-def test_concurrent_extracts_of_one_store_compute_it_once(tmp_path, llama, reference):
+@pytest.mark.slow
+def test_concurrent_extracts_of_one_store_compute_it_once(tmp_path, tiny_llama, reference):
     """Both wait on the lock (held here), then one computes and the other finds its store."""
     root = tmp_path / "root"
-    command = [sys.executable, "-m", "extract", "--model", str(llama), "--root", str(root), *OPTIONS]
+    command = [sys.executable, "-m", "extract", "--model", str(tiny_llama), "--root", str(root), *OPTIONS]
     logs = [tmp_path / f"err{i}.txt" for i in range(2)]
     with catalog.lock(root, reference.fingerprint) as lock:
-        runs = [subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+        runs = [helpers.start(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
                 for log in logs]
-        while not all("another run is extracting this fingerprint" in log.read_text() for log in logs):
+
+        def both_wait():
+            if all("another run is extracting this fingerprint" in log.read_text() for log in logs):
+                return True
             assert all(run.poll() is None for run in runs), [log.read_text() for log in logs]
-            time.sleep(0.05)
-    outputs = sorted(run.communicate(timeout=120)[0] for run in runs)
+            return False
+
+        helpers.wait_until(both_wait, 120, "both extractions to wait on the lock", interval=0.05)
+    outputs = sorted(helpers.finish(run, 120, "an extraction after the lock was released")[0] for run in runs)
     assert [run.returncode for run in runs] == [0, 0]
     assert outputs[0].startswith("cache hit: ") and outputs[1].startswith(f"extracted {SETTINGS['limit']} examples")
     assert all(f"(lock {lock})" in log.read_text() for log in logs)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from extract.data import make_example
+from extract.tasks.examples import make_example
 from extract.plan import PlanError, parse_layers, tokenize
 from featurestore.layout import plan_batches
 
@@ -24,6 +24,7 @@ def test_batches_respect_the_token_budget_and_cover_every_example():
     assert all(max(lengths[a:b]) * (b - a) <= 16 or b - a == 1 for a, b in batches)
 
 
+@pytest.mark.slow
 def test_tokenize_sorts_by_length_and_counts_long_examples(smollm2_tokenizer):
     examples = [make_example("q " * n, "a " * n + "\n#### 1", i) for i, n in enumerate([30, 2, 10])]
     layout = tokenize(examples, smollm2_tokenizer, "plain", max_length=40, skip_long=False)

@@ -4,9 +4,9 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from extract import arith
-from extract.data import make_example
-from extract.prompts import (
+from extract.tasks import arith
+from extract.tasks.examples import make_example
+from extract.tasks.prompts import (
     TemplateError,
     encode_example,
     encode_prompt,
@@ -43,7 +43,7 @@ def tiny():
     return tiny_tokenizer()
 
 
-@pytest.fixture(params=["smollm2", "tiny"])
+@pytest.fixture(params=[pytest.param("smollm2", marks=pytest.mark.slow), "tiny"])
 def tokenizer(request):
     return request.getfixturevalue("smollm2_tokenizer" if request.param == "smollm2" else "tiny")
 
@@ -61,6 +61,7 @@ def test_loss_mask_covers_exactly_the_answer(tokenizer, template):
         assert ids[:2] != [tokenizer.bos_token_id] * 2, "BOS never comes twice"
 
 
+@pytest.mark.slow
 def test_smollm2_prompts_match_the_tokenizer(smollm2_tokenizer):
     question = EXAMPLES[0].question
     assert encode_prompt(smollm2_tokenizer, question, "plain") == smollm2_tokenizer.encode(
@@ -91,6 +92,7 @@ def test_template_errors(tiny):
         encode_example(inconsistent, EXAMPLES[0], "chat")
 
 
+@pytest.mark.slow
 def test_template_info(tiny, smollm2_tokenizer):
     plain = template_info("plain", smollm2_tokenizer)
     assert plain["prompt"] == "Question: {question}\nAnswer:"

@@ -3,7 +3,6 @@
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +11,14 @@ import torch
 from click.testing import CliRunner
 
 from extract import run as extract_run
-from extract.backbone import BackboneSource, load_backbone
+from extract.backbones import BackboneSource, load_backbone
 from extract.cli import main
 from extract.run import extract
 from featurestore import FeatureStore, verify
-from tests.featurestore.test_writer import arrays
-from tests.models import save_tiny_model
+from tests import helpers
+from tests.featurestore.synth import arrays
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {arch: save_tiny_model(root / arch, arch) for arch in ("llama", "gemma3")}
 
 
 def direct(backbone, ids: np.ndarray) -> list[np.ndarray]:
@@ -34,12 +27,12 @@ def direct(backbone, ids: np.ndarray) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_store_equals_an_unpadded_forward_of_every_example(tmp_path, tiny, arch):
+def test_store_equals_an_unpadded_forward_of_every_example(tmp_path, tiny_models, arch):
     """fp32 stores hold exactly what the batched forward computed; a batch with padding takes other
     kernel paths than one unpadded example, so the two agree to float rounding (a few ulp)."""
-    result = extract(str(tiny[arch]), limit=12, root=tmp_path, codec="fp32", token_budget=700, progress=False)
+    result = extract(str(tiny_models[arch]), limit=12, root=tmp_path, codec="fp32", token_budget=700, progress=False)
     store = FeatureStore.open(result.store)
-    backbone = load_backbone(str(tiny[arch]))
+    backbone = load_backbone(str(tiny_models[arch]))
     assert store.layers == tuple(range(backbone.n_layers + 1)) and store.n_examples == 12
     for i in range(store.n_examples):
         example = store.example(i)
@@ -48,23 +41,25 @@ def test_store_equals_an_unpadded_forward_of_every_example(tmp_path, tiny, arch)
             np.testing.assert_allclose(h, expected[k], rtol=0, atol=1e-5 * np.abs(expected[k]).max())
 
 
-def test_bf16_extraction_matches_within_bf16_rounding(tmp_path, tiny):
-    result = extract(str(tiny["llama"]), limit=6, root=tmp_path, dtype="bfloat16", codec="bf16", progress=False)
+def test_bf16_extraction_matches_within_bf16_rounding(tmp_path, tiny_models):
+    result = extract(str(tiny_models["llama"]), limit=6, root=tmp_path, dtype="bfloat16", codec="bf16", progress=False)
     store = FeatureStore.open(result.store)
-    backbone = load_backbone(str(tiny["llama"]), dtype="bfloat16")
+    backbone = load_backbone(str(tiny_models["llama"]), dtype="bfloat16")
     example = store.example(3)
     for k, h in example.hidden.items():
         expected = direct(backbone, example.input_ids)[k]
         np.testing.assert_allclose(h, expected, rtol=0, atol=2e-2 * np.abs(expected).max())
 
 
-def test_nf4_extraction_runs_on_cpu(tmp_path, tiny):
-    result = extract(str(tiny["llama"]), limit=4, root=tmp_path, quantization="nf4", layers="top:1", progress=False)
+def test_nf4_extraction_runs_on_cpu(tmp_path, tiny_models):
+    result = extract(str(tiny_models["llama"]), limit=4, root=tmp_path, quantization="nf4", layers="top:1",
+                     progress=False)
     store = FeatureStore.open(result.store)
     assert store.attrs["model"]["quantization"] == "nf4" and store.layers == (2, 3)
     assert all(np.isfinite(h).all() for h in store.example(0).hidden.values())
 
 
+@pytest.mark.slow
 def test_packaged_smollm2_end_to_end(tmp_path):
     result = extract("smollm2-135m", limit=6, root=tmp_path, layers="0,15,30", progress=False)
     store = FeatureStore.open(result.store)
@@ -80,12 +75,12 @@ def test_packaged_smollm2_end_to_end(tmp_path):
     assert store.meta[5]["final"].isdigit()
 
 
-def test_same_extraction_is_a_cache_hit_without_loading_weights(tmp_path, tiny, monkeypatch):
-    first = extract(str(tiny["llama"]), limit=4, root=tmp_path, progress=False)
+def test_same_extraction_is_a_cache_hit_without_loading_weights(tmp_path, tiny_models, monkeypatch):
+    first = extract(str(tiny_models["llama"]), limit=4, root=tmp_path, progress=False)
     monkeypatch.setattr(BackboneSource, "load", lambda self: pytest.fail("a cache hit loaded the model"))
-    again = extract(str(tiny["llama"]), limit=4, root=tmp_path, progress=False)
+    again = extract(str(tiny_models["llama"]), limit=4, root=tmp_path, progress=False)
     assert again.cached and again.store == first.store and again.fingerprint == first.fingerprint
-    other = extract_run.store_name(str(tiny["llama"]), {"dataset": "arith", "split": "train"}, first.fingerprint)
+    other = extract_run.store_name(str(tiny_models["llama"]), {"dataset": "arith", "split": "train"}, first.fingerprint)
     assert first.store.name == other
 
 
@@ -96,31 +91,36 @@ def start(model: Path, root: Path, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "extract", *OPTIONS, "--model", str(model), "--root", str(root), *extra]
     # A shell without job control starts background jobs with SIGINT ignored, and Python keeps it
     # ignored: restore the default so Ctrl-C reaches the child as it would from a terminal.
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return helpers.start(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_shards(root: Path, n: int, process: subprocess.Popen) -> None:
-    while len(list(root.glob("*.zarr/manifest/shard-*/zarr.json"))) < n:
+    def written():
+        if len(list(root.glob("*.zarr/manifest/shard-*/zarr.json"))) >= n:
+            return True
         assert process.poll() is None, "extraction finished before it could be interrupted"
-        time.sleep(0.01)
+        return False
+
+    helpers.wait_until(written, 180, f"the extraction's shard {n}")
 
 
-def test_interrupted_extraction_resumes_to_the_uninterrupted_store(tmp_path, tiny):
+@pytest.mark.slow
+def test_interrupted_extraction_resumes_to_the_uninterrupted_store(tmp_path, tiny_models):
     """Ctrl-C, then SIGKILL, then --resume: the same store as one uninterrupted run."""
     root = tmp_path / "interrupted"
-    first = start(tiny["llama"], root)
+    first = start(tiny_models["llama"], root)
     wait_for_shards(root, 2, first)
     first.send_signal(signal.SIGINT)
-    _, err = first.communicate()
+    _, err = helpers.finish(first, 60, "the extraction after Ctrl-C")
     assert first.returncode == 1 and "rerun with --resume" in err and "Traceback" not in err
-    cli = lambda *extra: CliRunner().invoke(main, [*OPTIONS, "--model", str(tiny["llama"]), *extra])
+    cli = lambda *extra: CliRunner().invoke(main, [*OPTIONS, "--model", str(tiny_models["llama"]), *extra])
     refused = cli("--root", str(root))
     assert refused.exit_code == 1 and "resume it (--resume)" in refused.output
-    second = start(tiny["llama"], root, "--resume")
+    second = start(tiny_models["llama"], root, "--resume")
     wait_for_shards(root, 5, second)
     second.send_signal(signal.SIGKILL)
-    second.wait()
+    helpers.finish(second, 30, "the killed extraction")
     assert cli("--root", str(root), "--resume").exit_code == 0
     assert cli("--root", str(tmp_path / "clean")).exit_code == 0
     [resumed], [uninterrupted] = root.glob("*.zarr"), (tmp_path / "clean").glob("*.zarr")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import zarr
+from zarr.storage import WrapperStore
 
 from featurestore import StoreSpec, TokenTable
 
@@ -52,3 +54,35 @@ def write_store(path, tokens: TokenTable, codec: str = "int8o", batch: int = 97,
 def head() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     return {"lm_head.weight": rng.standard_normal((30, HIDDEN)).astype(np.float32), "norm.weight": np.ones(HIDDEN, np.float32)}
+
+
+def arrays(path) -> dict[str, np.ndarray]:
+    """Every array of a store by path, for exact comparisons."""
+    group = zarr.open_group(str(path), mode="r")
+    return {name: a[...] for name, a in group.arrays()} | {
+        f"{g}/{name}": a[...] for g, sub in group.groups() for name, a in _walk(sub)
+    }
+
+
+def _walk(group, prefix=""):
+    for name, a in group.arrays():
+        yield prefix + name, a
+    for name, sub in group.groups():
+        yield from _walk(sub, f"{prefix}{name}/")
+
+
+class RecordingStore(WrapperStore):
+    """Remembers every key read through it."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.keys: set[str] = set()
+
+    async def get(self, key, prototype, byte_range=None):
+        self.keys.add(key)
+        return await self._store.get(key, prototype, byte_range)
+
+    async def get_partial_values(self, prototype, key_ranges):
+        key_ranges = list(key_ranges)
+        self.keys.update(k for k, _ in key_ranges)
+        return await self._store.get_partial_values(prototype, key_ranges)

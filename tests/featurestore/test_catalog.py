@@ -6,6 +6,7 @@ import time
 import pytest
 
 from featurestore import catalog
+from tests import helpers
 
 
 def test_a_second_holder_of_a_fingerprint_waits_and_other_fingerprints_do_not(tmp_path):
@@ -19,12 +20,11 @@ def test_a_second_holder_of_a_fingerprint_waits_and_other_fingerprints_do_not(tm
         assert lock == tmp_path / ".locks" / "abc.lock"
         thread = threading.Thread(target=second)
         thread.start()
-        while not events:
-            time.sleep(0.01)
+        helpers.wait_until(lambda: events, 30, "the second holder to wait on the lock")
         with catalog.lock(tmp_path, "other", on_wait=lambda path: pytest.fail("another fingerprint waited")):
             pass
         time.sleep(0.1)
         assert events == [("waiting", lock)]
-    thread.join(5)
+    helpers.join(thread, 5, "the second holder of the lock")
     assert events == [("waiting", lock), "held"]
     assert catalog.stores_in(tmp_path) == []  # the lock directory is not a store

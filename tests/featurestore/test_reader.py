@@ -3,27 +3,11 @@ import json
 import numpy as np
 import pytest
 import zarr
-from zarr.storage import LocalStore, WrapperStore
+from zarr.storage import LocalStore
 
 from featurestore import FeatureStore, StoreError
 from tests.featurestore import synth
-
-
-class RecordingStore(WrapperStore):
-    """Remembers every key read through it."""
-
-    def __init__(self, store):
-        super().__init__(store)
-        self.keys: set[str] = set()
-
-    async def get(self, key, prototype, byte_range=None):
-        self.keys.add(key)
-        return await self._store.get(key, prototype, byte_range)
-
-    async def get_partial_values(self, prototype, key_ranges):
-        key_ranges = list(key_ranges)
-        self.keys.update(k for k, _ in key_ranges)
-        return await self._store.get_partial_values(prototype, key_ranges)
+from tests.featurestore.synth import RecordingStore
 
 
 @pytest.fixture(scope="module")

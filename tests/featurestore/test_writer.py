@@ -2,12 +2,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
 from featurestore import (
     BackgroundWriter,
@@ -18,24 +16,11 @@ from featurestore import (
     finalize,
     verify,
 )
+from tests import helpers
 from tests.featurestore import synth
+from tests.featurestore.synth import arrays
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def arrays(path) -> dict[str, np.ndarray]:
-    """Every array of a store by path, for exact comparisons."""
-    group = zarr.open_group(str(path), mode="r")
-    return {name: a[...] for name, a in group.arrays()} | {
-        f"{g}/{name}": a[...] for g, sub in group.groups() for name, a in _walk(sub)
-    }
-
-
-def _walk(group, prefix=""):
-    for name, a in group.arrays():
-        yield prefix + name, a
-    for name, sub in group.groups():
-        yield from _walk(sub, f"{prefix}{name}/")
 
 
 def test_ragged_layout_round_trips_examples_and_meta(tmp_path):
@@ -100,22 +85,30 @@ with StoreWriter(sys.argv[1], synth.spec(), tokens, meta=[{"id": i, "final": str
 """
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_uninterrupted_store(tmp_path):
     path = tmp_path / "killed.zarr"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child = helpers.start([sys.executable, "-c", CHILD, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     manifests = path / "manifest"
-    while len(list(manifests.glob("shard-*/zarr.json"))) < 4:  # kill it mid-way, several shards in
+
+    def several_shards_written():  # kill it mid-way, several shards in
+        if len(list(manifests.glob("shard-*/zarr.json"))) >= 4:
+            return True
         assert child.poll() is None, "the writer finished before it could be killed"
-        time.sleep(0.005)
+        return False
+
+    helpers.wait_until(several_shards_written, 120, "the child writer's 4th shard", interval=0.005)
     child.send_signal(signal.SIGKILL)
-    child.wait()
+    helpers.finish(child, 30, "the killed writer")
     with pytest.raises(StoreError, match="incomplete"):
         FeatureStore.open(path)
-    refused = subprocess.run([sys.executable, "-c", CHILD, str(path)], cwd=REPO, capture_output=True, text=True)
+    refused = helpers.run([sys.executable, "-c", CHILD, str(path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
     assert refused.returncode != 0 and "holds an interrupted write" in refused.stderr  # never silently redone
     finished = [json.loads(p.read_text())["attributes"]["checksums"] for p in manifests.glob("shard-*/zarr.json")]
     before = {key: (path / key).stat().st_mtime_ns for sums in finished for key in sums}
-    subprocess.run([sys.executable, "-c", CHILD, str(path), "resume"], cwd=REPO, check=True, capture_output=True)
+    helpers.run([sys.executable, "-c", CHILD, str(path), "resume"], cwd=REPO, check=True, capture_output=True,
+                timeout=120)
 
     tokens = synth.token_table(n_examples=400)
     synth.write_store(tmp_path / "clean.zarr", tokens, batch=50)

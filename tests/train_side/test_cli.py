@@ -1,11 +1,15 @@
-"""`train_side` from a store served over HTTP (a local server on 127.0.0.1)."""
+"""The `train_side` command line: its options, its errors, and a store served over HTTP."""
 
+import pytest
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from tests.train_side.tiny_store import write_tiny_store
+import train_side.cli
+from tests.train_side.tiny_store import D, write_tiny_store
 from train_side import checkpoint
-from train_side.cli import main
+from train_side.cli import main, train_cmd
+from train_side.sweep import GridError, parse_grid_options
+from train_side.config import DataConfig, OptimConfig
 
 
 def test_training_from_an_http_url_matches_training_from_the_local_store(tmp_path, http_server):
@@ -22,3 +26,39 @@ def test_training_from_an_http_url_matches_training_from_the_local_store(tmp_pat
 
     loss = CliRunner().invoke(main, ["loss", str(tmp_path / "remote"), url, "--device", "cpu", "--cache-dir", "off"])
     assert loss.exit_code == 0 and "teacher-forced loss" in loss.output
+
+
+def test_every_flag_is_a_dataclass_field_with_its_default():
+    params = {p.name: p for p in train_cmd.params}
+    assert params["lr"].default == OptimConfig().lr and params["data_seed"].default == DataConfig().seed
+    assert "--heads" in params["n_heads"].opts and "--no-mix" in params["mix"].secondary_opts
+    assert {"n_layers", "hidden_size", "intermediate_size"}.isdisjoint(params)  # read from the store
+
+
+def test_a_grid_key_may_be_any_name_of_a_flag():
+    assert parse_grid_options(["heads=2,4"]) == parse_grid_options(["n-heads=2,4"]) == {"n_heads": [2, 4]}
+    with pytest.raises(GridError, match="twice"):
+        parse_grid_options(["heads=2", "n_heads=4"])
+    with pytest.raises(GridError, match="sweepable: .*n_heads"):
+        parse_grid_options(["data_seed=1"])  # the data settings are shared by all runs
+
+
+def test_sweep_over_heads_from_the_command_line(tmp_path, tiny_store):
+    result = CliRunner().invoke(main, ["sweep", str(tiny_store), "--out", str(tmp_path / "s"), "--side-width", "16",
+                                       "--epochs", "1", "--token-budget", "128", "--device", "cpu",
+                                       "--grid", "heads=2,4"])
+    assert result.exit_code == 0, result.output
+    assert [checkpoint.load_config(tmp_path / "s" / f"n_heads={n}")["side"]["n_heads"] for n in (2, 4)] == [2, 4]
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, tiny_store, monkeypatch):
+    args = ["train", str(tiny_store), "--out", str(tmp_path / "t"), "--reduction", "3", "--device", "cpu"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1 and refused.output == f"Error: hidden_size {D} is not divisible by reduction 3\n"
+
+    def bug(*args, **kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(train_side.cli, "train", bug)
+    crashed = CliRunner().invoke(main, args)
+    assert isinstance(crashed.exception, ValueError) and "a bug" not in crashed.output

@@ -2,13 +2,12 @@ import numpy as np
 import pytest
 
 from featurestore import FeatureStore
-from tests.train_side.tiny_store import write_tiny_store
 from train_side.data import epoch_order, plan, read_ahead, read_batch, split_examples
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return FeatureStore.open(write_tiny_store(tmp_path_factory.mktemp("s") / "s.zarr"))
+def store(tiny_store):
+    return FeatureStore.open(tiny_store)
 
 
 def test_split_is_seeded_disjoint_and_complete():

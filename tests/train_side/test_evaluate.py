@@ -7,10 +7,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from extract.backbone import load_backbone
+from extract.backbones import load_backbone
 from extract.run import extract
 from featurestore import FeatureStore
-from tests.models import save_tiny_model
 from train_side import checkpoint
 from train_side.cli import main
 from train_side.evaluate import EvalError, evaluate, is_correct, teacher_forced_loss
@@ -20,14 +19,9 @@ from train_side.train import DataConfig, train
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("m") / "llama", "llama")
-
-
-@pytest.fixture(scope="module")
-def stores(llama, tmp_path_factory):
+def stores(tiny_llama, tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
-    return {codec: extract(str(llama), limit=8, root=root / codec, codec=codec, progress=False).store
+    return {codec: extract(str(tiny_llama), limit=8, root=root / codec, codec=codec, progress=False).store
             for codec in ("fp32", "int8o")}
 
 
@@ -45,11 +39,11 @@ def side_network(store: FeatureStore, kind: str) -> SideNetwork:
 
 @pytest.mark.parametrize("codec", ["fp32", "int8o"])
 @pytest.mark.parametrize("kind", ["ladder", "xladder"])
-def test_live_logits_equal_the_logits_from_the_store(stores, llama, codec, kind):
+def test_live_logits_equal_the_logits_from_the_store(stores, tiny_llama, codec, kind):
     """Train/serve parity: the live path (backbone, codec round-trip, side network) gives the
     logits that training computed from the store."""
     store = FeatureStore.open(stores[codec])
-    backbone = load_backbone(str(llama))
+    backbone = load_backbone(str(tiny_llama))
     head = FrozenHead(*store.head())
     side = side_network(store, kind)
     pipeline = Pipeline(backbone, head, side, store.codec)
@@ -64,9 +58,9 @@ def test_live_logits_equal_the_logits_from_the_store(stores, llama, codec, kind)
 
 
 @pytest.mark.parametrize("kind", ["ladder", "xladder", None])
-def test_cached_generation_equals_recomputing_everything(stores, llama, kind):
+def test_cached_generation_equals_recomputing_everything(stores, tiny_llama, kind):
     store = FeatureStore.open(stores["int8o"])
-    backbone = load_backbone(str(llama))
+    backbone = load_backbone(str(tiny_llama))
     side = side_network(store, kind) if kind else None
     pipeline = Pipeline(backbone, FrozenHead(*store.head()), side, store.codec)
     prompts = [store.example(0).input_ids[:20].tolist(), store.example(1).input_ids[:13].tolist()]  # left padding

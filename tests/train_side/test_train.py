@@ -10,19 +10,14 @@ from safetensors.torch import load_file
 from zarr.storage import LocalStore
 
 from featurestore import FeatureStore
-from tests.featurestore.test_reader import RecordingStore
-from tests.train_side.tiny_store import L, write_tiny_store
+from tests.featurestore.synth import RecordingStore
+from tests.train_side.tiny_store import L
 from train_side import checkpoint
 from train_side.cli import main
 from train_side.sweep import sweep
 from train_side.train import DataConfig, OptimConfig, Run, train
 
 SMALL = {"side_width": 16, "n_heads": 2}
-
-
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory):
-    return write_tiny_store(tmp_path_factory.mktemp("s") / "tiny.zarr")
 
 
 @pytest.fixture(autouse=True)
@@ -35,8 +30,8 @@ def weights(run_dir) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "side.safetensors")
 
 
-def test_a_tiny_side_network_overfits_the_tiny_store(tmp_path, store_path):
-    run = train(store_path, tmp_path / "run", side=SMALL, optim=OptimConfig(lr=1e-2),
+def test_a_tiny_side_network_overfits_the_tiny_store(tmp_path, tiny_store):
+    run = train(tiny_store, tmp_path / "run", side=SMALL, optim=OptimConfig(lr=1e-2),
                 data=DataConfig(epochs=30, token_budget=128, val_fraction=0.1), progress=False)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in line]
@@ -46,32 +41,32 @@ def test_a_tiny_side_network_overfits_the_tiny_store(tmp_path, store_path):
         assert (tmp_path / "run" / name).is_file()
 
 
-def test_xladder_reads_only_the_top_hidden_states(tmp_path, store_path):
-    recorder = RecordingStore(LocalStore(store_path, read_only=True))
-    store = FeatureStore(zarr.open_group(recorder, mode="r"), str(store_path))
+def test_xladder_reads_only_the_top_hidden_states(tmp_path, tiny_store):
+    recorder = RecordingStore(LocalStore(tiny_store, read_only=True))
+    store = FeatureStore(zarr.open_group(recorder, mode="r"), str(tiny_store))
     train(store, tmp_path / "x", side={"kind": "xladder", "delta": 1, **SMALL}, data=DataConfig(epochs=1),
           progress=False)
     read = {int(key.split("/")[1]) for key in recorder.keys if key.startswith("layers/")}
     assert read == {L - 1, L}
 
 
-def test_checkpoint_holds_only_the_side_network_and_round_trips(tmp_path, store_path):
-    run = train(store_path, tmp_path / "c", side=SMALL, data=DataConfig(epochs=1), progress=False)
+def test_checkpoint_holds_only_the_side_network_and_round_trips(tmp_path, tiny_store):
+    run = train(tiny_store, tmp_path / "c", side=SMALL, data=DataConfig(epochs=1), progress=False)
     model, config = checkpoint.load_side(tmp_path / "c")
     saved = weights(tmp_path / "c")
     assert saved.keys() == run.model.state_dict().keys()  # no head, no backbone
     assert sum(t.numel() for t in saved.values()) == run.model.n_parameters() == config["n_parameters"]
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
-    store = FeatureStore.open(store_path)
+    store = FeatureStore.open(tiny_store)
     assert config["store"]["fingerprint"] == store.fingerprint and config["store"]["codec"]["name"] == "fp32"
     assert config["side"]["side_width"] == 16 and config["optim"]["lr"] == OptimConfig().lr
 
 
-def test_a_run_trained_alone_equals_the_same_run_inside_a_sweep(tmp_path, store_path):
+def test_a_run_trained_alone_equals_the_same_run_inside_a_sweep(tmp_path, tiny_store):
     data = DataConfig(epochs=2, token_budget=96)
-    sweep(store_path, tmp_path / "sweep", {"kind": ["ladder", "xladder"], "lr": [1e-3, 3e-3]}, side=SMALL,
+    sweep(tiny_store, tmp_path / "sweep", {"kind": ["ladder", "xladder"], "lr": [1e-3, 3e-3]}, side=SMALL,
           data=data, progress=False)
-    train(store_path, tmp_path / "alone", side={**SMALL, "kind": "xladder"}, optim=OptimConfig(lr=3e-3), data=data,
+    train(tiny_store, tmp_path / "alone", side={**SMALL, "kind": "xladder"}, optim=OptimConfig(lr=3e-3), data=data,
           progress=False)
     inside, alone = weights(tmp_path / "sweep" / "kind=xladder,lr=0.003"), weights(tmp_path / "alone")
     assert inside.keys() == alone.keys() and all(torch.equal(inside[k], alone[k]) for k in alone)
@@ -80,9 +75,9 @@ def test_a_run_trained_alone_equals_the_same_run_inside_a_sweep(tmp_path, store_
     assert (tmp_path / "sweep" / "val_loss.png").is_file()
 
 
-def test_resume_continues_identically(tmp_path, store_path, monkeypatch):
+def test_resume_continues_identically(tmp_path, tiny_store, monkeypatch):
     data = DataConfig(epochs=3, token_budget=96, save_every=5)
-    train(store_path, tmp_path / "straight", side=SMALL, data=data, progress=False)
+    train(tiny_store, tmp_path / "straight", side=SMALL, data=data, progress=False)
 
     original_step = Run.train_step
 
@@ -93,12 +88,12 @@ def test_resume_continues_identically(tmp_path, store_path, monkeypatch):
 
     monkeypatch.setattr(Run, "train_step", crash_at_step_12)
     with pytest.raises(KeyboardInterrupt):
-        train(store_path, tmp_path / "resumed", side=SMALL, data=data, progress=False)
+        train(tiny_store, tmp_path / "resumed", side=SMALL, data=data, progress=False)
     assert checkpoint.load_config(tmp_path / "resumed")["step"] == 10  # the last checkpoint before the crash
     monkeypatch.setattr(Run, "train_step", original_step)
     with pytest.raises(FileExistsError, match="--resume"):
-        train(store_path, tmp_path / "resumed", side=SMALL, data=data, progress=False)
-    train(store_path, tmp_path / "resumed", side=SMALL, data=data, resume=True, progress=False)
+        train(tiny_store, tmp_path / "resumed", side=SMALL, data=data, progress=False)
+    train(tiny_store, tmp_path / "resumed", side=SMALL, data=data, resume=True, progress=False)
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
@@ -106,17 +101,17 @@ def test_resume_continues_identically(tmp_path, store_path, monkeypatch):
     assert steps == sorted(set(steps))  # metrics logged after the checkpoint were dropped, not duplicated
 
 
-def test_cli_train_and_sweep(tmp_path, store_path):
+def test_cli_train_and_sweep(tmp_path, tiny_store):
     runner = CliRunner()
-    result = runner.invoke(main, ["train", str(store_path), "--out", str(tmp_path / "t"), "--side-width", "16",
+    result = runner.invoke(main, ["train", str(tiny_store), "--out", str(tmp_path / "t"), "--side-width", "16",
                                   "--heads", "2", "--epochs", "1"])
     assert result.exit_code == 0, result.output
     assert "ladder: " in result.output and "validation loss" in result.output
-    result = runner.invoke(main, ["sweep", str(store_path), "--out", str(tmp_path / "s"), "--side-width", "16",
+    result = runner.invoke(main, ["sweep", str(tiny_store), "--out", str(tmp_path / "s"), "--side-width", "16",
                                   "--heads", "2", "--epochs", "1", "--grid", "kind=ladder,xladder"])
     assert result.exit_code == 0, result.output
     assert "kind=xladder" in result.output and "summary.csv" in result.output
-    bad = runner.invoke(main, ["sweep", str(store_path), "--out", str(tmp_path / "b"), "--grid", "colour=red"])
+    bad = runner.invoke(main, ["sweep", str(tiny_store), "--out", str(tmp_path / "b"), "--grid", "colour=red"])
     assert bad.exit_code == 1 and "unknown settings ['colour']" in bad.output
     missing = runner.invoke(main, ["train", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "m")])
     assert missing.exit_code == 1 and missing.output.startswith("Error: no feature store at")

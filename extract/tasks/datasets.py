@@ -2,54 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DataError
+from . import arith
+from .examples import Example, examples_sha256, make_example
+
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}  # datasets builders
-
-# A number as written in answers: optional minus (not a hyphen between digits), thousands commas, decimals.
-NUMBER = r"(?<![\d.])-?\d+(?:,\d{3}(?!\d))*(?:\.\d+)?"
-FINAL = re.compile(r"####\s*\$?\s*(" + NUMBER + ")")
-
-
-class DataError(ValueError):
-    """A dataset that cannot be loaded as asked; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class Example:
-    question: str
-    answer: str  # the full target text (worked solution + final line): what the loss trains on
-    meta: dict  # JSON-able; at least {"id": position in the split, "final": the final answer string}
-
-
-def final_answer(text: str) -> str | None:
-    """The number after the first ``####`` (GSM8K format), commas removed; None if there is none."""
-    match = FINAL.search(text)
-    return match.group(1).replace(",", "") if match else None
-
-
-def last_number(text: str) -> str | None:
-    """The last number in ``text``, commas removed; None if there is none (evaluation's fallback)."""
-    numbers = re.findall(NUMBER, text)
-    return numbers[-1].replace(",", "") if numbers else None
-
-
-def make_example(question: str, answer: str, index: int) -> Example:
-    """Example ``index`` of a split; ``final`` is the ``####`` number, or else the stripped answer (a label)."""
-    final = final_answer(answer)
-    return Example(question, answer, {"id": index, "final": answer.strip() if final is None else final})
-
-
-def examples_sha256(examples: list[Example]) -> str:
-    """A content fingerprint: sha256 over every question and answer, in order."""
-    digest = hashlib.sha256()
-    for example in examples:
-        digest.update(json.dumps([example.question, example.answer]).encode())
-    return digest.hexdigest()
 
 
 def load_examples(
@@ -72,10 +31,6 @@ def load_examples(
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive number of examples, not {limit}")
     if dataset == "arith":
-        from . import (
-            arith,  # imported here: arith builds its examples with this module's Example
-        )
-
         if split not in arith.SPLITS:
             raise DataError(f"arith has splits {', '.join(arith.SPLITS)}, not {split!r}")
         examples = arith.generate(limit or arith.SIZES[split], seed=seed, split=split)

@@ -11,15 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 
-from .data import Example
+from ..errors import TemplateError
+from .examples import Example
 
 TEMPLATES = ("plain", "chat")
 PLAIN_PROMPT = "Question: {question}\nAnswer:"
 PLAIN_ANSWER = " {answer}"
-
-
-class TemplateError(ValueError):
-    """A template that cannot be used with this tokenizer; the message says what to do."""
 
 
 def template_info(name: str, tokenizer) -> dict:

@@ -25,7 +25,8 @@ import operator
 import random
 from dataclasses import dataclass
 
-from .data import Example
+from ..errors import DataError
+from .examples import Example
 
 SPLITS = ("train", "test")
 SIZES = {"train": 2000, "test": 200}  # default number of examples per split
@@ -92,9 +93,9 @@ def generate(
     """``n`` distinct problems of ``split`` with ``steps`` equations each (drawn uniformly) and
     operands in ``2..max_operand``; multipliers are 2..4."""
     if split not in SPLITS:
-        raise ValueError(f"arith has splits {', '.join(SPLITS)}, not {split!r}")
+        raise DataError(f"arith has splits {', '.join(SPLITS)}, not {split!r}")
     if n < 0 or max_operand < 2 or not steps or min(steps) < 1 or max(steps) > max(JOINS):
-        raise ValueError(f"arith needs n >= 0, max_operand >= 2 and steps in 1..{max(JOINS)}")
+        raise DataError(f"arith needs n >= 0, max_operand >= 2 and steps in 1..{max(JOINS)}")
     rng = random.Random(f"arith:{seed}:{split}")
     examples: list[Example] = []
     seen: set[str] = set()
@@ -106,7 +107,7 @@ def generate(
             continue
         seen.add(question)
         examples.append(Example(question, answer, {"id": len(examples), "final": str(result)}))
-    raise ValueError(f"could not generate {n} distinct arith problems; raise max_operand or lower n")
+    raise DataError(f"could not generate {n} distinct arith problems; raise max_operand or lower n")
 
 
 def split_of(question: str) -> str:
