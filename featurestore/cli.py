@@ -11,8 +11,9 @@ from tqdm import tqdm
 from . import catalog, inventory
 from .reader import FeatureStore
 from .remote import REMOTE_CACHE_ENV
+from .errors import UserError
 from .storage import local_path
-from .transfer import TransferError, copy_store
+from .transfer import copy_store
 from .verify import verify
 from .writer import StoreError
 
@@ -44,7 +45,7 @@ def cache_option(command):
 def _open(location: str) -> FeatureStore:
     try:
         return FeatureStore.open(location, allow_incomplete=True)
-    except StoreError as e:
+    except UserError as e:
         raise click.ClickException(str(e)) from None
 
 
@@ -200,7 +201,7 @@ def _copy(source: str, dest: str, allow_incomplete: bool) -> None:
 
         try:
             done = copy_store(source, dest, allow_incomplete=allow_incomplete, progress=progress)
-        except (StoreError, TransferError) as e:
+        except UserError as e:
             raise click.ClickException(str(e).splitlines()[0]) from None
         except (OSError, ImportError) as e:  # unreachable host, missing s3fs/gcsfs, unwritable destination
             raise click.ClickException(f"cannot copy {source} to {dest}: {str(e).splitlines()[0]}") from None

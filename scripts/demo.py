@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from train_side.checkpoint import Checkpoint
+
 STORES, RUNS = Path("stores"), Path("runs/demo")
 TRAIN, TEST = 1000, 100  # arith examples
 SIDE = {  # the two side networks: (name, train_side options)
@@ -70,8 +72,8 @@ def main() -> None:
     table.append(("backbone alone", *scores(baseline), "-", "-", "-", f"{baseline['peak_rss_mb'] / 1024:.2f} GB",
                   f"{baseline['tokens_per_second']:.1f}"))
     for name, out, seconds, train_mb in rows:
-        m, config = metrics[name], json.loads((out / "side_config.json").read_text())
-        table.append((name, *scores(m), f"{config['n_parameters'] / 1e6:.2f} M", f"{seconds:.0f} s",
+        m, trained = metrics[name], Checkpoint.load(out)
+        table.append((name, *scores(m), f"{trained.n_parameters / 1e6:.2f} M", f"{seconds:.0f} s",
                       f"{train_mb / 1024:.2f} GB", f"{m['peak_rss_mb'] / 1024:.2f} GB", f"{m['tokens_per_second']:.1f}"))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
