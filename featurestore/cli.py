@@ -15,7 +15,7 @@ from .errors import UserError
 from .storage import local_path
 from .transfer import copy_store
 from .verify import verify
-from .writer import StoreError
+from .errors import StoreError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -25,6 +25,8 @@ from numcodecs import Zstd
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 
+from .errors import CorruptStoreError
+
 MISSING = 2**64 - 1  # a sharding index entry of an inner chunk never written
 
 
@@ -131,6 +133,6 @@ class DirectReader:
             size = os.fstat(fd).st_size
             tail = os.pread(fd, nbytes + 4, size - nbytes - 4)
             if len(tail) != nbytes + 4 or google_crc32c.value(tail[:nbytes]) != int.from_bytes(tail[nbytes:], "little"):
-                raise ValueError(f"the shard index of {layout.key(outer)} is corrupt (checksum mismatch)")
+                raise CorruptStoreError(f"the shard index of {layout.key(outer)} is corrupt (checksum mismatch)")
             self._indexes[key] = np.frombuffer(tail[:nbytes], "<u8").reshape(per_file, 2)
         return self._indexes[key]

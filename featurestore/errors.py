@@ -10,3 +10,17 @@ caller's code still works.
 
 class UserError(Exception):
     """Something the user asked for that cannot be done; the message says what to do instead."""
+
+
+class StoreError(UserError, RuntimeError):
+    """A store that cannot be written, opened, read or completed as asked; the message says why."""
+
+
+class CorruptStoreError(StoreError, ValueError):
+    """Bytes in a store that do not match their checksum: never decoded into a number."""
+
+
+class MissingLayerError(StoreError, KeyError):
+    """Hidden states asked of a store that does not hold them."""
+
+    __str__ = Exception.__str__  # KeyError's would quote the message

@@ -18,7 +18,8 @@ from .direct import ArrayLayout, DirectReader, layout_of
 from .layout import Geometry
 from .inventory import array_path
 from .storage import open_store, read_manifest
-from .writer import MARKER, StoreError
+from .errors import MissingLayerError, StoreError
+from .writer import MARKER
 
 
 @dataclass
@@ -146,7 +147,7 @@ class FeatureStore:
         layers = self.layers if layers is None else tuple(layers)
         unknown = sorted(set(layers) - set(self.layers))
         if unknown:
-            raise KeyError(f"layers {unknown} are not in this store (it has {list(self.layers)})")
+            raise MissingLayerError(f"layers {unknown} are not in this store (it has {list(self.layers)})")
         return layers
 
     def _layout(self, path: str) -> ArrayLayout | None:

@@ -17,6 +17,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
+from .errors import StoreError
 from .remote import open_remote
 
 
@@ -40,7 +41,7 @@ def open_store(location: str | os.PathLike, *, writable: bool = False, cache_dir
         return LocalStore(path, read_only=not writable)
     if writable:
         if str(location).startswith(("http://", "https://")):
-            raise ValueError(f"cannot write to {location}: HTTP is read-only here; use a path, file://, s3:// or gs://")
+            raise StoreError(f"cannot write to {location}: HTTP is read-only here; use a path, file://, s3:// or gs://")
         return FsspecStore.from_url(str(location), read_only=False)
     return open_remote(str(location), cache_dir)
 

@@ -23,14 +23,10 @@ from .storage import (
     read_manifest,
     write_manifest,
 )
-from .errors import UserError
+from .errors import StoreError
 
 MARKER = "ladder-cache feature store"
 ENCODE_ROWS = 512  # rows encoded at a time: ~1 MB of float32 for d = 576, cache-sized
-
-
-class StoreError(UserError, RuntimeError):
-    """A store that cannot be written, opened or completed as asked; the message says why."""
 
 
 def tool_version() -> str:

@@ -21,3 +21,10 @@ def test_token_table_is_ragged_and_validated():
         TokenTable.from_examples([[1, 2]], [[1]])
     with pytest.raises(ValueError, match="at least one token"):
         TokenTable.from_examples([[]], [[]])
+
+
+def test_a_producers_source_cannot_overwrite_the_writers_attributes():
+    from featurestore import StoreSpec
+
+    with pytest.raises(ValueError, match=r"\['complete', 'fingerprint'\] are the store's own attributes"):
+        StoreSpec([0], 8, "fp32", {"model": {}, "complete": True, "fingerprint": "x"})
