@@ -82,7 +82,8 @@ class HTTPServer:
 
         self.httpd = Server(("127.0.0.1", 0), functools.partial(Handler, directory=str(directory)))
         self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # shutdown() waits for the serving loop's next poll: 0.05 s instead of the default 0.5 s each stop
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
