@@ -16,6 +16,7 @@ from extract.backbones import resolve_backbone, same_backbone
 from extract.provenance import Provenance
 from extract.tasks.answers import FINISHED_ANSWER, is_correct
 from extract.tasks.datasets import load_examples
+from extract.tasks.examples import Example
 from extract.tasks.prompts import encode_prompt
 from featurestore import FeatureStore, get_codec
 from featurestore.errors import UserError
@@ -26,7 +27,7 @@ from .generate import Pipeline, generate
 from .model import FrozenHead
 from .train import mean_loss, resolve_device
 
-__all__ = ["EvalError", "evaluate", "is_correct", "teacher_forced_loss"]
+__all__ = ["EvalError", "answer", "evaluate", "is_correct", "score", "teacher_forced_loss"]
 
 
 class EvalError(UserError, ValueError):
@@ -53,12 +54,31 @@ def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: st
     examples, _ = load_examples(dataset or data["dataset"], split, question_field=data.get("question_field", "question"),
                                 answer_field=data.get("answer_field", "answer"), config=data.get("config"),
                                 seed=data.get("seed", 0), limit=limit)
-    tokenizer = backbone.tokenizer
-    template = provenance.template or {"name": "plain"}
+    predictions, seconds = answer(pipeline, backbone.tokenizer, examples, provenance.template or {"name": "plain"},
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
+                                  top_p=top_p, seed=seed, progress=progress)
+    metrics = {"model": "backbone" if backbone_only else trained.side.kind, "checkpoint": str(checkpoint),
+               "dataset": dataset or data["dataset"], "split": split,
+               **score(predictions, seconds),
+               "decoding": "greedy" if temperature == 0 else f"T={temperature}, top_p={top_p}",
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    out = Path(out) if out else Path(checkpoint) / ("eval-backbone" if backbone_only else "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+def answer(pipeline, tokenizer, examples: list[Example], template: dict, *, max_new_tokens: int = 128,
+           batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+           progress: bool = True) -> tuple[list[dict], float]:
+    """Generates an answer to every example with ``pipeline`` (anything with ``start``, ``step``
+    and ``device``, see :class:`.generate.Pipeline`), prompted with the store's ``template``,
+    until EOS or a finished ``#### n`` line. Returns one scored prediction per example, in order,
+    and the seconds spent generating."""
     prompts = [encode_prompt(tokenizer, e.question, template["name"]) for e in examples]
     eos = {tokenizer.eos_token_id, template.get("eos_token_id")} - {None}
     stop = lambda tokens: tokens[-1] in eos or bool(FINISHED_ANSWER.search(tokenizer.decode(tokens)))
-
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batch similar lengths together
     generated: dict[int, list[int]] = {}
     start = time.perf_counter()
@@ -71,27 +91,21 @@ def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: st
             generated.update(zip(batch, outputs))
             bar.update(len(batch))
     seconds = time.perf_counter() - start
-
     predictions = []
     for i, example in enumerate(examples):
         text = tokenizer.decode(generated[i], skip_special_tokens=True)
         predictions.append({"id": example.meta["id"], "question": example.question, "reference": example.meta["final"],
                             "generation": text, "correct": is_correct(text, example.meta["final"]),
                             "tokens": len(generated[i])})
+    return predictions, seconds
+
+
+def score(predictions: list[dict], seconds: float) -> dict:
+    """Accuracy, mean generated (chain-of-thought) tokens and generation speed of predictions."""
     n_generated = sum(p["tokens"] for p in predictions)
-    metrics = {
-        "model": "backbone" if backbone_only else trained.side.kind,
-        "checkpoint": str(checkpoint), "dataset": dataset or data["dataset"], "split": split,
-        "examples": len(predictions), "accuracy": sum(p["correct"] for p in predictions) / len(predictions),
-        "mean_cot_tokens": n_generated / len(predictions), "tokens_per_second": n_generated / seconds,
-        "seconds": round(seconds, 2), "decoding": "greedy" if temperature == 0 else f"T={temperature}, top_p={top_p}",
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-    }
-    out = Path(out) if out else Path(checkpoint) / ("eval-backbone" if backbone_only else "eval")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    return metrics
+    return {"examples": len(predictions), "accuracy": sum(p["correct"] for p in predictions) / len(predictions),
+            "mean_cot_tokens": n_generated / len(predictions), "tokens_per_second": n_generated / seconds,
+            "seconds": round(seconds, 2)}
 
 
 def _reload_backbone(model: dict, device: str):
