@@ -15,10 +15,12 @@ from zarr.storage import LocalStore
 from . import layout as L
 from .codecs import Codec, get_codec
 from .direct import ArrayLayout, DirectReader, layout_of
-from .layout import Geometry
+from .errors import CorruptStoreError, MissingLayerError, StoreError
+from .integrity import INTEGRITY, CheckedStore, check_document, check_root, corrupt, offsets_problem
 from .inventory import array_path
+from .layout import Geometry
+from .remote import RemoteStore
 from .storage import open_store, read_manifest
-from .errors import MissingLayerError, StoreError
 from .writer import MARKER
 
 
@@ -55,20 +57,28 @@ class FeatureStore:
         ex = store.example(3, layers=[0, 30])      # ids, mask, {layer: (n, hidden) float32}
         block = store.examples(range(100, 164), layers=[30])
 
-    Only the arrays of requested layers are opened and read.
+    Only the arrays of requested layers are opened and read, and everything read is checked
+    (``integrity``): a damaged store raises CorruptStoreError naming the bad object.
     """
 
     def __init__(self, group: zarr.Group, location: str):
+        if not isinstance(group.store, CheckedStore):
+            raw = group.store
+            checked = CheckedStore(raw, location, by_manifest=isinstance(raw, RemoteStore) or _unrecorded(raw),
+                                   complete=bool(group.attrs.get("complete")))
+            group = zarr.open_group(checked, mode="r", zarr_format=3, use_consolidated=False)
         self.group, self.location = group, location
         self.attrs = dict(group.attrs)
+        check_root(self.attrs, location)
         self.codec: Codec = get_codec(self.attrs["codec"])
         self.layers: tuple[int, ...] = tuple(self.attrs["layers"])
         self.hidden_size: int = self.attrs["hidden_size"]
         self.geometry = Geometry(self.attrs["n_tokens"], self.attrs["chunk_tokens"], self.attrs["shard_tokens"])
         self._arrays: dict[str, zarr.Array] = {}
         self._layouts: dict[str, ArrayLayout | None] = {}
-        local = isinstance(group.store, LocalStore)
-        self._direct = DirectReader(group.store.root) if local else None  # others: through Zarr (and its cache)
+        checked = group.store  # a CheckedStore (see open)
+        local = isinstance(checked._store, LocalStore)
+        self._direct = DirectReader(checked._store.root, checked.digests) if local else None  # others: through Zarr
 
     @classmethod
     def open(cls, location, *, allow_incomplete: bool = False, cache_dir: str | None = None) -> FeatureStore:
@@ -118,7 +128,10 @@ class FeatureStore:
 
     @cached_property
     def offsets(self) -> np.ndarray:
-        return self._array(L.OFFSETS)[:]
+        offsets = self._array(L.OFFSETS)[:]
+        if problem := offsets_problem(offsets, self.n_examples, self.n_tokens):
+            raise corrupt(self.location, L.OFFSETS, f"inconsistent (it {problem})")
+        return offsets
 
     @property
     def lengths(self) -> np.ndarray:
@@ -126,7 +139,13 @@ class FeatureStore:
 
     @cached_property
     def meta(self) -> list[dict]:
-        return [json.loads(s) for s in self._array(L.META)[:]]
+        meta = self._array(L.META)[:]
+        if meta.shape != (self.n_examples,):
+            raise corrupt(self.location, L.META, f"inconsistent ({meta.size} entries for {self.n_examples} examples)")
+        try:
+            return [json.loads(s) for s in meta]
+        except ValueError:
+            raise corrupt(self.location, L.META, "corrupt (an entry is not JSON)") from None
 
     def head(self) -> tuple[dict[str, np.ndarray], dict]:
         """The frozen head weights and their config. The weights are named by the layout manifest,
@@ -134,13 +153,18 @@ class FeatureStore:
         checksums = read_manifest(self.group.store, L.LAYOUT_MANIFEST)["checksums"]
         paths = sorted({array_path(key) for key in checksums if key.startswith(f"{L.HEAD}/")})
         weights = {path.split("/", 1)[1]: self._array(path)[...] for path in paths}
+        check_document(self.group.store, self.attrs, f"{L.HEAD}/zarr.json", self.location)
         return weights, dict(self.group[L.HEAD].attrs)
 
     # -- reading ----------------------------------------------------------------------------
 
     def _array(self, path: str) -> zarr.Array:
         if path not in self._arrays:
-            self._arrays[path] = self.group[path]
+            check_document(self.group.store, self.attrs, f"{path}/zarr.json", self.location)
+            try:
+                self._arrays[path] = self.group[path]
+            except KeyError:
+                raise corrupt(self.location, f"{path}/zarr.json", "missing") from None
         return self._arrays[path]
 
     def _layers(self, layers) -> tuple[int, ...]:
@@ -254,6 +278,14 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.location!r}, {self.n_examples} examples, {self.n_tokens} tokens)"
+
+
+def _unrecorded(store) -> bool:
+    """Whether a store predates frame checksums and the integrity record: its chunks are then
+    checked against their manifests' sha256."""
+    from .storage import root_attrs
+
+    return INTEGRITY not in root_attrs(store)
 
 
 def _contiguous_runs(indices: np.ndarray) -> list[tuple[int, int]]:

@@ -65,10 +65,15 @@ class RemoteStore(WrapperStore):
             return None
         if self.cache is not None:
             await self.cache.set(key, value)  # atomic: written aside, then renamed into place
-        return _cut(value, byte_range)
+        return cut(value, byte_range)
 
     async def get_partial_values(self, prototype, key_ranges):
         return await asyncio.gather(*(self.get(key, prototype, byte_range) for key, byte_range in key_ranges))
+
+    async def evict(self, key: str) -> None:
+        """Drops ``key`` from the read cache (a copy found bad), so the next get fetches it again."""
+        if self.cache is not None:
+            await self.cache.delete(key)
 
     async def getsize(self, key: str) -> int:
         """From the cache when there, else asked of the remote (a HEAD request over HTTP)."""
@@ -77,7 +82,7 @@ class RemoteStore(WrapperStore):
         return await self._store.getsize(key)
 
 
-def _cut(value: Buffer, byte_range: ByteRequest | None) -> Buffer:
+def cut(value: Buffer, byte_range: ByteRequest | None) -> Buffer:
     if byte_range is None:
         return value
     if isinstance(byte_range, RangeByteRequest):

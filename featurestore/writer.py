@@ -12,18 +12,22 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.core.sync import sync
 
+from . import integrity, inventory
 from . import layout as L
 from .codecs import CodecError
 from .layout import Geometry, StoreSpec, TokenTable
 from .storage import (
     ChecksumStore,
+    digest,
     local_path,
     open_store,
     read_json,
     read_manifest,
+    read_many,
     write_manifest,
 )
 from .errors import StoreError
+from .integrity import INTEGRITY
 
 MARKER = "ladder-cache feature store"
 ENCODE_ROWS = 512  # rows encoded at a time: ~1 MB of float32 for d = 576, cache-sized
@@ -88,11 +92,13 @@ class StoreWriter:
         self.fingerprint = spec.fingerprint(tokens)
         self._store = ChecksumStore(open_store(location, writable=True))
         existing = self._existing_attrs()
-        if existing and read_manifest(self._store, L.LAYOUT_MANIFEST) is not None:
-            if not (resume or attach):
-                raise StoreError(
-                    f"{location} holds an interrupted write of this store; resume it (--resume) or choose a new path"
-                )
+        created = existing and read_manifest(self._store, L.LAYOUT_MANIFEST) is not None
+        if created and not (resume or attach):
+            raise StoreError(f"{location} holds an interrupted write of this store; resume it (--resume) or choose a new path")
+        self.rewritten: list[int] = []  # finished shards a resume found damaged, to be written again
+        if created and resume and not attach:
+            created = self._recheck(existing)
+        if created:
             self.group = zarr.open_group(self._store, mode="r+")
             self.geometry = Geometry(tokens.n_tokens, existing["chunk_tokens"], existing["shard_tokens"])
         elif attach:
@@ -114,6 +120,19 @@ class StoreWriter:
         self._filled = -1  # first token of the current shard not yet buffered
 
     # -- creation ---------------------------------------------------------------------------
+
+    def _recheck(self, attrs: dict) -> bool:
+        """Re-verifies what a resume keeps: a finished shard whose objects fail their manifest loses
+        its manifest (so it is written again); damaged tokens, examples or head (written at creation)
+        mean creating the store again. Returns whether the creation stands."""
+        for section in inventory.sections(self._store, attrs):
+            if section.checksums is None or _intact(self._store, section.checksums):
+                continue
+            if section.manifest == L.LAYOUT_MANIFEST:
+                return False
+            sync(self._store.delete(section.key))
+            self.rewritten.append(int(section.manifest.rsplit("-", 1)[1]))
+        return True
 
     def _existing_attrs(self) -> dict | None:
         root = read_json(self._store, "zarr.json")
@@ -180,7 +199,7 @@ class StoreWriter:
                     dtype=part.dtype,
                     chunks=chunks,
                     shards=shards,
-                    compressors=[ZstdCodec(level=spec.codec.zstd_level)],
+                    compressors=[ZstdCodec(level=spec.codec.zstd_level, checksum=True)],
                     fill_value=0,
                     config={"write_empty_chunks": True},
                     dimension_names=("token", "channel")[: 1 + len(width)],
@@ -197,7 +216,7 @@ class StoreWriter:
             shape=data.shape,
             dtype=data.dtype,
             chunks=tuple(max(1, c) for c in chunks),
-            compressors=[ZstdCodec(level=3)],
+            compressors=[ZstdCodec(level=3, checksum=True)],  # checked on every read
             fill_value=0,
             config={"write_empty_chunks": True},
         )
@@ -319,8 +338,16 @@ def finalize(location, extra_stats: dict | None = None) -> dict:
             "rms": float(np.sqrt(sum(s["sumsq"] for s in shard_stats) / (attrs["n_tokens"] * hidden))),
         }
     stats = {"n_tokens": attrs["n_tokens"], "n_examples": attrs["n_examples"], "layers": layers, **(extra_stats or {})}
-    group.attrs.update({"stats": stats, "completed": now(), "complete": True})
+    final = attrs | {"stats": stats, "completed": now()}
+    found = inventory.sections(store, attrs)
+    documents = inventory.metadata_keys(attrs, found) + [section.key for section in found]
+    group.attrs.update(final | {INTEGRITY: integrity.record(store, final, documents), "complete": True})
     return stats
+
+
+def _intact(store, checksums: dict[str, str]) -> bool:
+    keys = sorted(checksums)
+    return all(data is not None and digest(data) == checksums[key] for key, data in zip(keys, read_many(store, keys)))
 
 
 async def _gather(coroutines):
