@@ -7,7 +7,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from featurestore import BackgroundWriter, StoreWriter, TokenTable
+from featurestore import BackgroundWriter, Codec, StoreWriter, TokenTable
+
+from .backbones.check import CHECK_ROWS, CHECK_TOKENS, check_head
 
 
 def padded_batch(tokens: TokenTable, first: int, last: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,6 +20,16 @@ def padded_batch(tokens: TokenTable, first: int, last: int, pad_id: int) -> tupl
     mask = np.arange(lengths.max()) < lengths[:, None]
     ids[mask] = tokens.input_ids[offsets[first] : offsets[last]]
     return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
+
+
+def checked_head(backbone, tokens: TokenTable, codec: Codec) -> tuple[dict[str, np.ndarray], dict]:
+    """The frozen head, once the store's first examples (the start of its first batch) show that it
+    computes the model's own logits from the final state as the codec stores it: a head that does
+    not is refused (extract.backbones.check) before anything is written."""
+    head = backbone.head()
+    ids, mask = padded_batch(tokens, 0, min(CHECK_ROWS, tokens.n_examples), backbone.tokenizer.pad_token_id)
+    check_head(backbone, *head, codec, ids[:, :CHECK_TOKENS], mask[:, :CHECK_TOKENS])
+    return head
 
 
 def extract_batches(

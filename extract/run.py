@@ -20,7 +20,7 @@ from .backbones import Backbone, resolve_backbone
 from .config import ExtractConfig
 from .distributed import Ranks
 from .errors import DistributedError
-from .loop import extract_batches
+from .loop import checked_head, extract_batches
 from .plan import Layout, parse_layers, tokenize
 from .provenance import Provenance
 from .tasks.datasets import load_examples
@@ -147,9 +147,10 @@ class Job:
         return computed, seconds
 
     def open_writer(self) -> StoreWriter:
-        """Rank 0 creates (or resumes) the store, with the frozen head; the other ranks attach to it."""
+        """Rank 0 creates (or resumes) the store, with the frozen head once it passed the head check
+        on the first examples; the other ranks attach to it."""
         leader = self.ranks.leader
-        head, head_config = self.backbone.head() if leader else (None, None)
+        head, head_config = checked_head(self.backbone, self.layout.tokens, self.spec.codec) if leader else (None, None)
         return StoreWriter(self.path, self.spec, self.layout.tokens, meta=self.layout.meta, head=head,
                            head_config=head_config, resume=self.config.resume, attach=not leader,
                            shards=self.ranks.shards, chunk_mb=self.config.chunk_mb,

@@ -22,14 +22,26 @@ def no_leftover_children():
     helpers.kill_leftovers()
 
 
+class TinyModels(dict):
+    """Architecture -> the directory of its tiny model, saved on first use."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, architecture: str) -> Path:
+        from tests.models import save_tiny_model  # torch and transformers: only when needed
+
+        self[architecture] = save_tiny_model(self.root / architecture, architecture)
+        return self[architecture]
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """tests/models.py's tiny model of every architecture, saved once per session and shared by all
-    test modules: never modify one in place (save a private copy with ``save_tiny_model``)."""
-    from tests.models import ARCHITECTURES, save_tiny_model  # torch and transformers: only when needed
-
-    root = tmp_path_factory.mktemp("tiny-models")
-    return {architecture: save_tiny_model(root / architecture, architecture) for architecture in ARCHITECTURES}
+    """tests/models.py's tiny model of every architecture (FAMILIES), each saved once per session on
+    first use and shared by all test modules: never modify one in place (save a private copy with
+    ``save_tiny_model``)."""
+    return TinyModels(tmp_path_factory.mktemp("tiny-models"))
 
 
 @pytest.fixture(scope="session")

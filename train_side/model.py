@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from featurestore import head as stored_head
 from featurestore.errors import UserError
 
 from .encoded import Encoded, decoded
@@ -373,20 +374,21 @@ class SideNetwork(nn.Module):
 
 
 class FrozenHead(nn.Module):
-    """The backbone's LM head (and optional Gemma-2 logit softcap), never trained.
+    """The backbone's LM head, never trained: logits = softcap(y @ weight.T + bias).
 
-    Built from a feature store's ``head()``. It stays outside the SideNetwork so that one head serves
+    Built from a feature store's ``head()``, with any projection and logit scale folded into
+    ``weight`` (see :mod:`featurestore.head`). It stays outside the SideNetwork so that one head serves
     every side network trained from a store and a side checkpoint holds the side network only; its
     weights are non-persistent buffers, so they move with ``.to(device)`` but are never saved.
     """
 
     def __init__(self, weights: dict[str, np.ndarray], config: dict):
         super().__init__()
-        self.register_buffer("weight", float32(weights["lm_head.weight"]), persistent=False)  # (V, d)
-        self.register_buffer("bias", float32(weights.get("lm_head.bias")), persistent=False)  # (V,)
+        weight, bias, self.softcap = stored_head.fold(weights, config)
+        self.register_buffer("weight", float32(weight), persistent=False)  # (V, d)
+        self.register_buffer("bias", float32(bias), persistent=False)  # (V,)
         # the backbone's final norm, kept for reference only: h_L is already post-norm
         self.register_buffer("norm_weight", float32(weights.get("norm.weight")), persistent=False)  # (d,)
-        self.softcap: float | None = config.get("logit_softcap")
 
     def forward(self, y: Tensor) -> Tensor:
         logits = F.linear(y, self.weight, self.bias)  # (..., V)

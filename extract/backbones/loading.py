@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from ..errors import BackboneError
+from .families import Family, family_of
 from .head import export_head
 from .packaged import PACKAGED_MODELS, locate_packaged
 from .weights import weights_hash
@@ -55,18 +56,40 @@ class Backbone:
     def hidden_size(self) -> int:
         return self.model.config.get_text_config().hidden_size
 
+    @property
+    def family(self) -> Family:
+        return family_of(self.model.config)
+
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
         """All L+1 hidden states (B, T, d) on ``self.device``: 0 = embeddings, k = output of block k,
-        L = after the final norm (as HF's output_hidden_states). Runs the decoder only, so no logits
-        over the vocabulary are computed. Inference tensors: ``clone()`` them before autograd."""
+        L = after the final norm (as HF's output_hidden_states; before OPT-350m's projection, which
+        the head applies). Runs the decoder only, so no logits over the vocabulary are computed.
+        Inference tensors: ``clone()`` them before autograd."""
         with torch.inference_mode():
-            output = self.model.get_decoder()(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention_mask.to(self.device),
-                output_hidden_states=True,
-                use_cache=False,
-            )
-        return tuple(output.hidden_states)
+            return self._run(self.model.get_decoder(), input_ids=input_ids.to(self.device),
+                             attention_mask=attention_mask.to(self.device), use_cache=False)[0]
+
+    @torch.inference_mode()
+    def logits(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The whole causal LM, as the model computes it: (logits (B, T, V), h_L (B, T, d))."""
+        states, output = self._run(self.model, input_ids=input_ids.to(self.device),
+                                   attention_mask=attention_mask.to(self.device), use_cache=False)
+        return output.logits, states[-1]
+
+    def _run(self, module, **inputs) -> tuple[tuple[Tensor, ...], object]:
+        """Runs the decoder (or the causal LM) with hidden states; (states, output), where the last
+        state is what the head reads: the input of the family's projection, when the model has one."""
+        projection = self.family.projection_of(self.model.get_decoder())
+        if projection is None:
+            output = module(**inputs, output_hidden_states=True)
+            return tuple(output.hidden_states), output
+        captured = []
+        handle = projection.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+        try:
+            output = module(**inputs, output_hidden_states=True)
+        finally:
+            handle.remove()
+        return (*output.hidden_states[:-1], captured[-1]), output
 
     def new_cache(self) -> DynamicCache:
         """An empty KV cache for :meth:`step` (one per batch of sequences generated together)."""
@@ -79,15 +102,12 @@ class Backbone:
         on left padding; positions count real tokens only, so left padding shifts nothing."""
         T = input_ids.shape[1]
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -T:]
-        output = self.model.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-            cache=cache, use_cache=True, output_hidden_states=True,
-        )
-        return tuple(output.hidden_states)
+        return self._run(self.model.get_decoder(), input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=positions, cache=cache, use_cache=True)[0]
 
     def head(self) -> tuple[dict[str, np.ndarray], dict]:
-        """The frozen final norm and LM head (see :func:`.head.export_head`)."""
-        return export_head(self.model, self.info["architecture"])
+        """The frozen head: everything between h_L and the logits (see :func:`.head.export_head`)."""
+        return export_head(self.model, self.family)
 
 
 @dataclass(frozen=True)
@@ -133,6 +153,7 @@ def resolve_backbone(model: str, *, quantization: str = "none", dtype: str = "au
     quantization_config = _quantization_config(quantization, torch_dtype)
     located = _locate(model)
     config = AutoConfig.from_pretrained(located.source)
+    family_of(config)  # refuses, by name, a family that cannot work: before any weights are hashed or loaded
     if torch_dtype == torch.float16 and config.get_text_config().model_type.startswith(FLOAT16_UNSAFE):
         raise BackboneError(f"{config.model_type} hidden states exceed float16's range; use dtype bfloat16 or float32")
     weights = located.weights_hash or weights_hash(_local_weights(located))
@@ -222,6 +243,7 @@ def _describe(config, model_id: str, weights: str, dtype: torch.dtype, quantizat
     text_config = config.get_text_config()
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
         raise BackboneError(f"{config.model_type} is not a causal language model architecture transformers knows")
+    family = family_of(config)
     info = {
         "id": model_id,
         "architecture": MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].__name__,
@@ -232,10 +254,10 @@ def _describe(config, model_id: str, weights: str, dtype: torch.dtype, quantizat
         "n_layers": text_config.num_hidden_layers,
         "hidden_size": text_config.hidden_size,
     }
-    for field in ("intermediate_size", "vocab_size", "num_attention_heads", "max_position_embeddings"):
-        if getattr(text_config, field, None) is not None:
-            info[field] = getattr(text_config, field)
-    return info
+    sizes = {"intermediate_size": family.mlp_width(text_config)}  # whatever the config calls it (n_inner, ffn_dim)
+    for field in ("vocab_size", "num_attention_heads", "max_position_embeddings"):
+        sizes[field] = getattr(text_config, field, None)
+    return info | {field: value for field, value in sizes.items() if value is not None}
 
 
 def _parse_device(device: str) -> torch.device:

@@ -25,7 +25,6 @@ from transformers import (
     GgufConfig,
 )
 
-from extract.backbones import head as bb_head
 from extract.backbones import packaged as bb_packaged
 from extract.backbones import weights as bb_weights
 from extract.backbones import (
@@ -73,7 +72,7 @@ def apply_head(h: np.ndarray, arrays: dict, config: dict) -> np.ndarray:
 def pre_norm_state(backbone: Backbone, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     """What the final norm receives: hooked, since hidden_states()[L] is already normed."""
     captured = []
-    norm = bb_head._final_norm(backbone.model.get_decoder())
+    norm = backbone.family.norm_of(backbone.model.get_decoder())
     handle = norm.register_forward_hook(lambda module, args, output: captured.append(args[0]))
     try:
         backbone.hidden_states(ids, mask)
