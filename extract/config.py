@@ -35,15 +35,17 @@ class ExtractConfig:
     template: str = field(default="plain", metadata=_help(
         "plain: 'Question: ...\\nAnswer: ...'; chat: the tokenizer's chat template.", choices=TEMPLATES))
     max_length: int = field(default=512, metadata=_help(
-        "Longer examples are truncated (counted) or, with --skip-long, dropped."))
+        "Longer examples are truncated (counted) or, with --skip-long, dropped.", min=1))
     skip_long: bool = field(default=False, metadata=_help(
         "Drop examples longer than --max-length instead of truncating."))
     layers: str = field(default="all", metadata=_help(
         "Hidden states to store: all, a list like 0,4,8, every:K or top:D."))
     codec: str = field(default="int8o", metadata=_help(
         f"{', '.join(CODECS)} (int8o: ~3x smaller than fp16, <=2% error per token)."))
-    token_budget: int = field(default=4096, metadata=_help("Padded tokens per forward batch."))
-    chunk_mb: float = field(default=4.0, metadata=_help("Target chunk size of the stored arrays (a shard holds 2 chunks)."))
+    token_budget: int = field(default=4096, metadata=_help("Padded tokens per forward batch (part of the fingerprint: "
+                                                           "batch composition changes float results).", min=1))
+    chunk_mb: float = field(default=4.0, metadata=_help(
+        "Target chunk size of the stored arrays (a shard holds 2 chunks).", min=0, min_open=True))
     limit: int | None = field(default=None, metadata=_help("Keep the first N examples (arith: generate N)."))
     seed: int = field(default=0, metadata=_help("Seed of the arith generator."))
     resume: bool = field(default=False, metadata=_help(

@@ -24,6 +24,7 @@ class Provenance:
     template: dict | None = None  # name, and what makes it reproducible (prompt text or chat template hash)
     max_length: int | None = None
     long_examples: str | None = None  # "truncate" | "skip"
+    token_budget: int | None = None  # padded tokens per forward batch: batch composition changes float results
 
     def source(self) -> dict:
         """The JSON-able dict the store writer hashes and stores (unset fields left out)."""

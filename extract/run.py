@@ -92,6 +92,7 @@ def store_spec(source, dataset_info: dict, config: ExtractConfig) -> StoreSpec:
         template=template_info(config.template, source.tokenizer),
         max_length=config.max_length,
         long_examples="skip" if config.skip_long else "truncate",
+        token_budget=config.token_budget,
     )
     return StoreSpec(parse_layers(config.layers, source.info["n_layers"]), source.info["hidden_size"], config.codec,
                      source=provenance.source())

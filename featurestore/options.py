@@ -9,7 +9,9 @@ from the annotation, its default from the field, and the rest from ``field.metad
 - ``flag``: a different primary flag name (``"data-seed"``: ``--data-seed``, click destination
   ``data_seed``), for a field whose name would clash with another config's;
 - ``aliases``: extra flag names (``["heads"]``), e.g. to keep an old command line working;
-- ``choices``: the allowed values (``click.Choice``).
+- ``choices``: the allowed values (``click.Choice``);
+- ``min`` / ``max`` (with ``min_open`` / ``max_open`` for strict bounds): the allowed range of a
+  number, checked on the command line (``click.IntRange`` / ``click.FloatRange``).
 
 Supported annotations: ``bool`` (a ``--x/--no-x`` switch), ``int``, ``float``, ``str``,
 ``X | None`` (type X, default None), ``list[X] | None`` (comma-separated: ``10,20,30``).
@@ -80,12 +82,23 @@ def _click_type(annotation):
     raise TypeError(f"no click option for a field of type {annotation}")
 
 
+def _field_type(field: dataclasses.Field, annotation):
+    """(click type, is a switch) of a field: its annotation's, narrowed by its choices or range."""
+    click_type, switch = _click_type(annotation)
+    meta = field.metadata
+    if "choices" in meta:
+        click_type = click.Choice(list(meta["choices"]))
+    elif "min" in meta or "max" in meta:
+        ranged = click.IntRange if click_type is int else click.FloatRange
+        click_type = ranged(min=meta.get("min"), max=meta.get("max"), min_open=meta.get("min_open", False),
+                            max_open=meta.get("max_open", False))
+    return click_type, switch
+
+
 def _option(field: dataclasses.Field, annotation):
     """The ``click.option`` decorator of one field."""
-    click_type, switch = _click_type(annotation)
+    click_type, switch = _field_type(field, annotation)
     names = [f"--{name}/--no-{name}" if switch else f"--{name}" for name in _flags(field)]
-    if "choices" in field.metadata:
-        click_type = click.Choice(list(field.metadata["choices"]))
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory
     return click.option(*names, _destination(field), type=None if switch else click_type, default=default,
                         show_default=True, help=field.metadata.get("help"))
@@ -119,6 +132,21 @@ def config_from_options(config_class, options: dict, **fixed):
     """``config_class`` built from its fields in parsed click ``options`` (popped from them) and
     the ``fixed`` fields, which have no option (e.g. sizes known only at run time)."""
     return config_class(**config_values(config_class, options), **fixed)
+
+
+def parse_setting(config_classes, name: str, value):
+    """``value`` converted as the option of field ``name`` (of one of ``config_classes``) would
+    convert it: '3e-3' -> 0.003 for a float, with its choices and range checked; None stays None
+    where the field allows it. Raises click.BadParameter with the option's own message."""
+    for cls in config_classes:
+        for f in _option_fields(cls):
+            if f.name == name:
+                annotation = typing.get_type_hints(cls)[f.name]
+                if value is None and type(None) in typing.get_args(annotation):
+                    return None
+                click_type, switch = _field_type(f, annotation)
+                return (click.BOOL if switch else click.types.convert_type(click_type)).convert(value, None, None)
+    raise KeyError(name)
 
 
 def field_names(*config_classes, skip=()) -> dict[str, str]:

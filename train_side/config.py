@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 class OptimConfig:
     """How one side network is optimised (JSON round-trippable)."""
 
-    lr: float = field(default=3e-3, metadata={"help": "Peak learning rate (AdamW)."})
+    lr: float = field(default=3e-3, metadata={"help": "Peak learning rate (AdamW).", "min": 0, "min_open": True})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of the matrices."})
     warmup: float = field(default=0.05, metadata={
         "help": "Fraction of all steps spent warming up linearly (then cosine)."})
@@ -29,13 +29,14 @@ class OptimConfig:
 class DataConfig:
     """What every run of a training job (or sweep) sees: the same batches in the same order."""
 
-    epochs: int = field(default=2, metadata={"help": "Passes over the training examples."})
-    token_budget: int = field(default=4096, metadata={"help": "Padded tokens per batch."})
+    epochs: int = field(default=2, metadata={"help": "Passes over the training examples.", "min": 1})
+    token_budget: int = field(default=4096, metadata={"help": "Padded tokens per batch.", "min": 1})
     val_fraction: float = field(default=0.05, metadata={
-        "help": "Fraction of the store's examples held out for the validation loss."})
+        "help": "Fraction of the store's examples held out for the validation loss.", "min": 0, "max": 1,
+        "max_open": True})
     seed: int = field(default=0, metadata={  # its flag: OptimConfig.seed is --seed
         "flag": "data-seed", "help": "Seed of the validation split and batch order."})
     eval_every: int = field(default=0, metadata={
-        "help": "Steps between validations (0: at the end of each epoch only)."})
+        "help": "Steps between validations (0: at the end of each epoch only).", "min": 0})
     save_every: int = field(default=0, metadata={
-        "help": "Steps between checkpoints (0: at the end of each epoch only)."})
+        "help": "Steps between checkpoints (0: at the end of each epoch only).", "min": 0})

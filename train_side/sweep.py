@@ -12,10 +12,11 @@ import itertools
 import json
 from pathlib import Path
 
+import click
 import yaml
 
 from featurestore.errors import UserError
-from featurestore.options import field_names
+from featurestore.options import field_names, parse_setting
 
 from .checkpoint import Checkpoint
 from .config import DataConfig, OptimConfig
@@ -68,8 +69,16 @@ def normalise(grid: dict[str, list]) -> dict[str, list]:
         name = SETTING_NAMES[key.lstrip("-")]
         if name in normalised:
             raise GridError(f"the grid gives {name} twice ({key!r} is another name of it); give it once")
-        normalised[name] = values
+        normalised[name] = [_parse(key, name, v) for v in values]
     return normalised
+
+
+def _parse(key: str, name: str, value):
+    """A grid value converted and checked as its option would be (``lr=abc`` is refused here)."""
+    try:
+        return parse_setting((SideConfig, OptimConfig), name, value)
+    except click.BadParameter as e:
+        raise GridError(f"--grid {key}: {e.format_message()}") from None
 
 
 def expand(grid: dict[str, list]) -> list[dict]:

@@ -19,7 +19,7 @@ from extract.provenance import Provenance
 from featurestore import FeatureStore
 from featurestore.errors import UserError
 
-from . import checkpoint
+from . import checkpoint, rundir
 from .checkpoint import Checkpoint, TrainedFrom
 from .config import DataConfig, OptimConfig
 from .data import Batch, epoch_order, plan, read_ahead, split_examples
@@ -59,7 +59,13 @@ def mean_loss(model: SideNetwork, head: FrozenHead, batches) -> float:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise TrainError(f"unknown --device {device!r}; use auto, cpu or cuda[:N]") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"--device {device}: this machine has no usable CUDA GPU; use --device cpu or auto")
+    return resolved
 
 
 class Run:
@@ -85,9 +91,10 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
 
     def start_fresh(self) -> None:
-        if (self.out / "metrics.jsonl").exists():
+        if rundir.has_checkpoint(self.out):
             raise RunDirectoryError(f"{self.out} already holds a training run; resume it (--resume) or choose "
                                     "another --out")
+        (self.out / "metrics.jsonl").unlink(missing_ok=True)  # a run killed before its first checkpoint
 
     def lr_factor(self, step: int) -> float:
         """Linear warmup, then cosine decay to ``min_lr``."""
@@ -129,7 +136,10 @@ class Run:
                           train_seconds=round(self.seconds, 3))
 
     def resume(self) -> None:
-        """Continues from this run's last checkpoint (weights, optimizer, schedule, step)."""
+        """Continues from this run's last checkpoint (weights, optimizer, schedule, step); a run
+        killed before its first checkpoint starts over."""
+        if not rundir.has_checkpoint(self.out):
+            return self.start_fresh()
         self.model.load_state_dict(checkpoint.load_weights(self.out, self.device))
         self.step = checkpoint.load_resume_state(self.out, self.optimizer, self.scheduler, self.device)
         self.val_loss = Checkpoint.load(self.out).val_loss
@@ -162,6 +172,13 @@ def train(store, out: str | Path, *, side: dict | None = None, optim: OptimConfi
 
 def fit(store: FeatureStore, runs_spec: list[tuple[str, Path, SideConfig, OptimConfig]], data: DataConfig,
         device: str = "auto", resume: bool = False, progress: bool = True) -> list[Run]:
+    """``_fit``, holding every run's output directory (one writer at a time: ``rundir``)."""
+    with rundir.holding([out for _, out, _, _ in runs_spec]):
+        return _fit(store, runs_spec, data, device, resume, progress)
+
+
+def _fit(store: FeatureStore, runs_spec: list[tuple[str, Path, SideConfig, OptimConfig]], data: DataConfig,
+         device: str = "auto", resume: bool = False, progress: bool = True) -> list[Run]:
     """Trains every run over one pass of the data per epoch: each batch is read and decoded once
     (the union of the runs' input layers) and fed to every run in turn."""
     device = resolve_device(device)
