@@ -63,3 +63,9 @@ def test_no_stage_imports_another_stages_command_or_loop():
         for path in (REPO / stage).rglob("*.py"):
             bad = {m for m in imports(path) if m.startswith(others)}
             assert not bad, f"{stage}/{path.name} imports {sorted(bad)}"
+
+
+def test_peft_is_only_the_comparisons_optional_extra():
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            assert not {m for m in imports(path) if m.split(".")[0] == "peft"}, f"{path.name} imports peft"

@@ -68,6 +68,16 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def lr_factor(step: int, total_steps: int, optim: OptimConfig) -> float:
+    """The learning rate of ``step`` as a fraction of ``optim.lr``: linear warmup, then cosine
+    decay to ``optim.min_lr``."""
+    warmup = max(1, int(optim.warmup * total_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return optim.min_lr + (1 - optim.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class Run:
     """One side network in training."""
 
@@ -97,12 +107,7 @@ class Run:
         (self.out / "metrics.jsonl").unlink(missing_ok=True)  # a run killed before its first checkpoint
 
     def lr_factor(self, step: int) -> float:
-        """Linear warmup, then cosine decay to ``min_lr``."""
-        warmup = max(1, int(self.optim.warmup * self.total_steps))
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
-        return self.optim.min_lr + (1 - self.optim.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        return lr_factor(step, self.total_steps, self.optim)
 
     def train_step(self, batch: Batch) -> float:
         start = time.perf_counter()

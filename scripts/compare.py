@@ -1,0 +1,582 @@
+"""Ladder / xLadder from the store against what users pick instead: QLoRA, LoRA and live LST.
+
+    python scripts/compare.py                      # SmolLM2-135M on arith: 1,000 training / 200 test problems
+    python scripts/compare.py --quick              # every method on a small budget (minutes)
+    python scripts/compare.py --dataset my.jsonl --train-split 'train[:90%]' --test-split 'train[90%:]'
+    python scripts/compare.py --model ./my-llama --device cuda
+    pip install -e .[baselines]                    # peft, for the qlora and lora rows
+
+Every method trains on the same examples, in the same batches and order, for the same number of
+optimizer steps (AdamW, linear warmup then cosine, clipping at 1.0), with the loss on answer
+tokens only; each gets the best learning rate of its grid by validation loss, then all are
+evaluated with the same greedy chain-of-thought generation on the same test problems:
+
+    qlora     peft LoRA (r=16, alpha=32, every linear projection) on the bitsandbytes nf4 backbone,
+              prepare_model_for_kbit_training, gradient checkpointing
+    lora      the same on the unquantised backbone (gradient checkpointing too)
+    live-lst  the Ladder with the backbone running every step, as the LST paper trains it
+    ladder    the Ladder from the store (the one-off extraction counted once)
+    xladder   the xLadder from the store, as wide as makes its trainable parameters match the Ladder's
+
+Peak memory is the RSS growth of a fresh process (torch.cuda.max_memory_allocated on CUDA) over
+the three largest batches. A method's sweep time is what its whole lr grid costs: one pass over
+the data for all side networks from the store (plus the extraction), and one run per learning
+rate for the others. Results go to OUT/compare.json (written as they come: a rerun skips what is
+done), OUT/compare.md and OUT/compare.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from extract.backbones import load_backbone
+from extract.provenance import Provenance
+from extract.run import extract
+from extract.tasks.datasets import load_examples
+from featurestore import FeatureStore, get_codec
+from train_side.data import Batch, epoch_order, plan, read_ahead, read_batch, split_examples
+from train_side.evaluate import answer, score
+from train_side.generate import Pipeline
+from train_side.model import FrozenHead, SideConfig, SideNetwork
+from train_side.train import DataConfig, OptimConfig, Run, backbone_dims, fit, lr_factor, store_info
+
+PEFT_METHODS = ("qlora", "lora")
+SIDE_METHODS = ("ladder", "xladder")
+METHODS = (*PEFT_METHODS, "live-lst", *SIDE_METHODS)
+LADDER = {"kind": "ladder", "every": 3, "reduction": 4}  # the demo's Ladder: every 3rd block, width d/4
+XLADDER_DELTA = 2
+PROBE_BATCHES = 3  # peak memory: a fresh process trains on the largest batches
+
+
+@dataclass
+class Setup:
+    """One comparison: the backbone, the data and the budget every method gets."""
+
+    model: str = "smollm2-135m"
+    dataset: str = "arith"
+    train_split: str = "train"
+    test_split: str = "test"
+    train_examples: int = 1000
+    test_examples: int = 200
+    epochs: int = 1
+    token_budget: int = 1024
+    val_fraction: float = 0.05
+    max_new_tokens: int = 96
+    device: str = "cpu"
+    quantization: str = "none"  # of the backbone the store and live LST use (qlora is always nf4)
+    peft_lrs: list[float] = field(default_factory=lambda: [2e-4, 1e-3])
+    side_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
+    lora_rank: int = 16
+    seed: int = 0
+
+    @property
+    def data(self) -> DataConfig:
+        return DataConfig(epochs=self.epochs, token_budget=self.token_budget, val_fraction=self.val_fraction,
+                          seed=self.seed)
+
+
+QUICK = dict(train_examples=48, test_examples=8, token_budget=512, max_new_tokens=40)
+
+
+# --- the data every method shares --------------------------------------------------------------
+
+
+def prepare_store(setup: Setup, out: Path) -> tuple[Path, float]:
+    """The training store (extracted once; a rerun is a cache hit) and its extraction seconds."""
+    result = extract(setup.model, dataset=setup.dataset, split=setup.train_split, limit=setup.train_examples,
+                     root=out / "stores", device=setup.device, quantization=setup.quantization, progress=True)
+    stats = FeatureStore.open(result.store).attrs.get("stats", {})
+    return result.store, float(stats.get("extract_seconds", result.seconds))
+
+
+def batches(store: FeatureStore, setup: Setup) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(training batches, validation batches): the same for every method."""
+    data = setup.data
+    train, val = split_examples(store.n_examples, data.val_fraction, data.seed)
+    return plan(store, train, data.token_budget), plan(store, val, data.token_budget)
+
+
+def schedule(store: FeatureStore, setup: Setup) -> list[np.ndarray]:
+    """Every optimizer step's batch, in order: epochs of the training batches, each shuffled."""
+    train, _ = batches(store, setup)
+    return [train[i] for epoch in range(setup.epochs) for i in epoch_order(len(train), setup.seed, epoch)]
+
+
+def largest(store: FeatureStore, setup: Setup) -> list[np.ndarray]:
+    """The batches with the most padded tokens: where every method's memory peaks."""
+    train, _ = batches(store, setup)
+    padded = [len(b) * int(store.lengths[b].max()) for b in train]
+    return [train[i] for i in np.argsort(padded)[::-1][:PROBE_BATCHES]]
+
+
+def side_configs(store: FeatureStore) -> dict[str, SideConfig]:
+    """The Ladder, and an xLadder as wide as makes its trainable parameters match (within 5%)."""
+    dims = backbone_dims(store)
+    ladder = SideConfig(**dims, **LADDER)
+    target = SideNetwork(ladder).n_parameters()
+    widths = range(32, 4 * dims["hidden_size"] + 1, 32)  # 32-wide heads of even size
+    count = lambda w: SideNetwork(SideConfig(**dims, kind="xladder", delta=XLADDER_DELTA, side_width=w)).n_parameters()
+    width = min(widths, key=lambda w: abs(count(w) - target))
+    return {"ladder": ladder, "xladder": SideConfig(**dims, kind="xladder", delta=XLADDER_DELTA, side_width=width)}
+
+
+# --- peft baselines --------------------------------------------------------------------------
+
+
+def peft_model(setup: Setup, method: str, adapter: Path | None = None):
+    """The backbone with LoRA adapters (fresh, or ``adapter`` loaded), as a careful user sets it
+    up: nf4 + prepare_model_for_kbit_training for QLoRA, gradient checkpointing for both."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from extract.backbones import resolve_backbone
+
+    source = resolve_backbone(setup.model, dtype="auto", device=setup.device)
+    quantization = None
+    if method == "qlora":
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=source.dtype)
+    model = AutoModelForCausalLM.from_pretrained(source.source, dtype=source.dtype, quantization_config=quantization,
+                                                 device_map={"": source.device})
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, adapter).eval(), source.tokenizer
+    checkpointing = {"use_gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(model, **checkpointing)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    config = LoraConfig(r=setup.lora_rank, lora_alpha=2 * setup.lora_rank, lora_dropout=0.05,
+                        target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, config), source.tokenizer
+
+
+def token_batch(store: FeatureStore, indices: np.ndarray) -> tuple[Batch, torch.Tensor]:
+    """Examples ``indices`` right-padded, without hidden states, and their attention mask (B, T)."""
+    batch = read_batch(store, indices, layers=[])
+    lengths = torch.from_numpy(store.lengths[indices])
+    return batch, (torch.arange(batch.input_ids.shape[1]) < lengths[:, None]).long()
+
+
+def causal_lm_loss(model, store: FeatureStore, indices: np.ndarray) -> tuple[torch.Tensor, int]:
+    """(mean next-token loss on the answer tokens, number of them), as next_token_loss computes it
+    for side networks."""
+    device = next(model.parameters()).device
+    batch, attention = token_batch(store, indices)
+    ids = batch.input_ids.to(device)
+    labels = ids.masked_fill(~batch.loss_mask.to(device), -100)  # transformers shifts the labels itself
+    loss = model(input_ids=ids, attention_mask=attention.to(device), labels=labels).loss
+    return loss, int(batch.loss_mask[:, 1:].sum())
+
+
+def train_peft(setup: Setup, method: str, lr: float, store: FeatureStore, steps: list[np.ndarray], out: Path) -> dict:
+    model, _ = peft_model(setup, method)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optim = OptimConfig(lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, len(steps), optim))
+    start = time.perf_counter()
+    model.train()
+    for indices in steps:
+        loss, _ = causal_lm_loss(model, store, indices)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+    seconds = time.perf_counter() - start
+    model.save_pretrained(out / "adapter")
+    return {"train_seconds": seconds, "val_loss": peft_val_loss(model, store, setup),
+            "trainable": sum(p.numel() for p in trainable)}
+
+
+@torch.no_grad()
+def peft_val_loss(model, store: FeatureStore, setup: Setup) -> float:
+    model.eval()
+    total = targets = 0.0
+    for indices in batches(store, setup)[1]:
+        loss, n = causal_lm_loss(model, store, indices)
+        total += loss.item() * n
+        targets += n
+    return total / targets
+
+
+class CausalLMPipeline:
+    """A Hugging Face causal LM (here with LoRA adapters) stepped like the side network's
+    Pipeline, so that every method generates through the same loop."""
+
+    def __init__(self, model):
+        from transformers import DynamicCache
+
+        self.model, self.device, self.new_cache = model, next(model.parameters()).device, DynamicCache
+
+    def start(self) -> dict:
+        return {"cache": self.new_cache(config=self.model.get_base_model().config)}
+
+    @torch.inference_mode()
+    def step(self, input_ids, attention_mask, caches: dict) -> torch.Tensor:
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                            cache=caches["cache"], use_cache=True)
+        return output.logits.float()
+
+
+# --- side networks ---------------------------------------------------------------------------
+
+
+def live_batch(backbone, store: FeatureStore, indices: np.ndarray, layers) -> Batch:
+    """The batch the store would give, with hidden states from a live backbone forward."""
+    batch, attention = token_batch(store, indices)
+    states = backbone.hidden_states(batch.input_ids, attention)
+    batch.hidden = {k: states[k].float().clone() for k in layers}  # inference tensors: clone before autograd
+    return batch
+
+
+def train_live_lst(setup: Setup, store: FeatureStore, steps: list[np.ndarray], out: Path) -> dict:
+    """Every learning rate of the grid trained with the backbone in the loop. The runs share each
+    forward to save this benchmark's time; a lone run's time is the forwards plus its own steps."""
+    backbone = load_backbone(setup.model, quantization=setup.quantization, device=setup.device)
+    side = side_configs(store)["ladder"]
+    runs = [make_run(store, out / f"lr={lr}", side, lr, setup, len(steps)) for lr in setup.side_lrs]
+    forward = 0.0
+    for indices in steps:
+        start = time.perf_counter()
+        batch = live_batch(backbone, store, indices, side.inputs).to(backbone.device)
+        forward += time.perf_counter() - start
+        for run in runs:
+            run.train_step(batch)
+    val = [live_batch(backbone, store, b, side.inputs).to(backbone.device) for b in batches(store, setup)[1]]
+    results = {}
+    for lr, run in zip(setup.side_lrs, runs):
+        run.validate(val)
+        run.save()
+        results[str(lr)] = {"train_seconds": forward + run.seconds, "val_loss": run.val_loss,
+                       "trainable": run.model.n_parameters()}
+    return results
+
+
+def make_run(store: FeatureStore, out: Path, side: SideConfig, lr: float, setup: Setup, total_steps: int) -> Run:
+    weights, head_config = store.head()
+    device = torch.device(setup.device)
+    out.mkdir(parents=True, exist_ok=True)
+    return Run(out.name, out, side, OptimConfig(lr=lr), FrozenHead(weights, head_config).to(device), total_steps,
+               store_info(store), setup.data, device)
+
+
+def train_from_store(setup: Setup, store: FeatureStore, out: Path) -> dict:
+    """The Ladder and the xLadder at every learning rate: one sweep, one pass over the store."""
+    specs = [(f"{method}-lr={lr}", out / method / f"lr={lr}", config, OptimConfig(lr=lr))
+             for method, config in side_configs(store).items() for lr in setup.side_lrs]
+    start = time.perf_counter()
+    runs = fit(store, specs, setup.data, device=setup.device, progress=True)
+    seconds = time.perf_counter() - start
+    results = {method: {} for method in SIDE_METHODS}
+    for run, (name, *_) in zip(runs, specs):
+        method, lr = name.split("-lr=")
+        results[method][lr] = {"train_seconds": run.seconds, "val_loss": run.val_loss,
+                                      "trainable": run.model.n_parameters()}
+    return {"sweep_seconds": seconds, "runs": results}
+
+
+# --- workers: each in a fresh process ----------------------------------------------------------
+
+
+def worker(job: dict) -> dict:
+    """One piece of the comparison, run by a fresh process (``--worker``): memory is its own."""
+    setup, kind, out = Setup(**job["setup"]), job["kind"], Path(job["out"])
+    torch.manual_seed(setup.seed)
+    baseline = rss_mb()
+    store = FeatureStore.open(job["store"])
+    if kind == "probe":
+        probe(setup, job["method"], store, out)
+        return {"peak_mb": peak_mb(baseline, setup)}
+    if kind == "train" and job["method"] in PEFT_METHODS:
+        return train_peft(setup, job["method"], job["lr"], store, schedule(store, setup), out)
+    if kind == "train" and job["method"] == "live-lst":
+        return train_live_lst(setup, store, schedule(store, setup), out)
+    if kind == "train":
+        return train_from_store(setup, store, out)
+    return evaluate_method(setup, job["method"], store, Path(job["checkpoint"]) if job.get("checkpoint") else None,
+                           out)
+
+
+def probe(setup: Setup, method: str, store: FeatureStore, out: Path) -> None:
+    """Trains ``method`` on the largest batches, as a lone run would."""
+    steps = largest(store, setup)
+    if method in PEFT_METHODS:
+        train_peft(setup, method, setup.peft_lrs[0], store, steps, out)
+        return
+    side = side_configs(store)["ladder" if method == "live-lst" else method]
+    run = make_run(store, out, side, setup.side_lrs[0], setup, len(steps))
+    if method == "live-lst":
+        backbone = load_backbone(setup.model, quantization=setup.quantization, device=setup.device)
+        for indices in steps:
+            run.train_step(live_batch(backbone, store, indices, side.inputs).to(backbone.device))
+        return
+    for batch in read_ahead(store, steps, side.inputs):
+        run.train_step(batch.to(run.device))
+
+
+def evaluate_method(setup: Setup, method: str, store: FeatureStore, checkpoint: Path | None, out: Path) -> dict:
+    """Greedy CoT on the test problems, through the same generation loop for every method."""
+    provenance = Provenance.load(store.attrs)
+    examples, _ = load_examples(setup.dataset, setup.test_split, limit=setup.test_examples,
+                                question_field=provenance.dataset.get("question_field", "question"),
+                                answer_field=provenance.dataset.get("answer_field", "answer"))
+    if method in PEFT_METHODS:
+        model, tokenizer = peft_model(setup, method, adapter=checkpoint / "adapter")
+        pipeline = CausalLMPipeline(model)
+    else:
+        backbone = load_backbone(setup.model, quantization=setup.quantization, device=setup.device)
+        head = FrozenHead(*backbone.head()).to(backbone.device)
+        side = None
+        if method != "backbone":
+            from train_side.checkpoint import load_side
+
+            side = load_side(checkpoint, backbone.device)[0]
+        codec = get_codec("fp32" if method == "live-lst" else store.codec.spec)  # live LST saw raw states
+        pipeline, tokenizer = Pipeline(backbone, head, side, codec), backbone.tokenizer
+    predictions, seconds = answer(pipeline, tokenizer, examples, provenance.template or {"name": "plain"},
+                                  max_new_tokens=setup.max_new_tokens, progress=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    return score(predictions, seconds)
+
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_mb(baseline: float, setup: Setup) -> float:
+    """Peak memory of this process beyond ``baseline``: VmHWM on CPU (ru_maxrss would report a
+    forking parent's), the CUDA allocator's peak on a GPU."""
+    if setup.device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024 - baseline
+
+
+def in_fresh_process(job: dict, out: Path) -> dict:
+    """Runs ``worker(job)`` in a new Python process; returns its result."""
+    shutil.rmtree(out, ignore_errors=True)  # what an interrupted attempt left
+    out.mkdir(parents=True)
+    job_file = out / "job.json"
+    job_file.write_text(json.dumps(job))
+    subprocess.run([sys.executable, __file__, "--worker", str(job_file)], check=True)
+    return json.loads((out / "result.json").read_text())
+
+
+# --- the comparison --------------------------------------------------------------------------
+
+
+class Results:
+    """compare.json, written after every piece, so that a rerun continues where one stopped."""
+
+    def __init__(self, path: Path, setup: Setup):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+        if self.data.get("setup", asdict(setup)) != asdict(setup):
+            raise SystemExit(f"{path} holds a comparison with other settings; choose another --out")
+        self.data["setup"] = asdict(setup)
+
+    def get(self, *keys):
+        node = self.data
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node
+
+    def put(self, value, *keys) -> None:
+        node = self.data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+        self.path.write_text(json.dumps(self.data, indent=1) + "\n")
+
+    def once(self, compute, *keys):
+        """The stored value of ``keys``, computed (and stored) only the first time."""
+        if self.get(*keys) is None:
+            self.put(compute(), *keys)
+        return self.get(*keys)
+
+
+def compare(setup: Setup, out: Path, methods: tuple[str, ...]) -> dict:
+    results = Results(out / "compare.json", setup)
+    store_path, extract_seconds = prepare_store(setup, out)
+    results.put(extract_seconds, "extract_seconds")
+    store = FeatureStore.open(store_path)
+    job = lambda **kw: {"setup": asdict(setup), "store": str(store_path), **kw}
+    results.put(len(schedule(store, setup)), "steps")
+
+    def trained(method: str) -> dict:
+        """{lr: {train_seconds, val_loss, trainable}} of every learning rate of ``method``."""
+        if method in PEFT_METHODS:
+            return {str(lr): results.once(lambda: in_fresh_process(
+                job(kind="train", method=method, lr=lr, out=str(out / method / f"lr={lr}")), out / method / f"lr={lr}"),
+                "runs", method, str(lr)) for lr in setup.peft_lrs}
+        if method == "live-lst":
+            return results.once(lambda: in_fresh_process(job(kind="train", method=method, out=str(out / method)),
+                                                         out / method), "runs", method)
+        sweep = results.once(lambda: in_fresh_process(job(kind="train", method="side", out=str(out / "side")),
+                                                      out / "side"), "side_sweep")
+        return sweep["runs"][method]
+
+    for method in methods:
+        runs = trained(method)
+        lr = min(runs, key=lambda k: runs[k]["val_loss"])
+        checkpoint = out / ("side" if method in SIDE_METHODS else "") / method / f"lr={lr}"
+        row = {"lr": float(lr), "lrs": {k: r["val_loss"] for k, r in runs.items()}, **runs[lr],
+               "sweep_seconds": sweep_seconds(method, runs, results, setup)}
+        row["peak_mb"] = results.once(lambda: in_fresh_process(
+            job(kind="probe", method=method, out=str(out / "probe" / method)), out / "probe" / method)["peak_mb"],
+            "peak_mb", method)
+        row |= results.once(lambda: in_fresh_process(
+            job(kind="eval", method=method, checkpoint=str(checkpoint), out=str(out / "eval" / method)),
+            out / "eval" / method), "eval", method)
+        results.put(row, "methods", method)
+    results.once(lambda: in_fresh_process(job(kind="eval", method="backbone", out=str(out / "eval" / "backbone")),
+                                          out / "eval" / "backbone"), "eval", "backbone")
+    return results.data
+
+
+def sweep_seconds(method: str, runs: dict, results: Results, setup: Setup) -> float:
+    """What the whole lr grid costs: one run per lr, or for the side networks from the store, the
+    extraction plus one shared pass (which trains the Ladder's and the xLadder's grids together)."""
+    if method in SIDE_METHODS:
+        return results.get("extract_seconds") + results.get("side_sweep", "sweep_seconds")
+    return sum(r["train_seconds"] for r in runs.values())
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def claims(data: dict) -> list[tuple[str, str, str]]:
+    """The paper's claims and this project's targets: (claim, verdict, numbers)."""
+    m = data["methods"]
+    verdict = lambda ok: "holds" if ok else "does not hold"
+    rows = []
+    if {"ladder", "qlora"} <= m.keys():
+        gap = (m["qlora"]["accuracy"] - m["ladder"]["accuracy"]) * 100
+        rows.append(("(a) Ladder accuracy within 3 points of QLoRA's", verdict(gap <= 3),
+                     f"ladder {m['ladder']['accuracy']:.1%} vs qlora {m['qlora']['accuracy']:.1%} ({-gap:+.1f} points)"))
+    if {"live-lst", "ladder", "qlora"} <= m.keys():
+        live, cached, qlora = m["live-lst"]["peak_mb"], m["ladder"]["peak_mb"], m["qlora"]["peak_mb"]
+        rows.append(("(b) live LST peak memory <= 50% of QLoRA's, from the store lower still",
+                     verdict(live <= 0.5 * qlora and cached < live),
+                     f"live LST {live:.0f} MB = {live / qlora:.0%} of QLoRA's {qlora:.0f} MB; "
+                     f"from the store {cached:.0f} MB = {cached / qlora:.0%}"))
+        rows.append(("target: Ladder from the store peak memory <= 25% of QLoRA's", verdict(cached <= 0.25 * qlora),
+                     f"{cached / qlora:.0%}"))
+    if {"ladder", "xladder"} <= m.keys():
+        lad, xl = m["ladder"], m["xladder"]
+        same_size = abs(xl["trainable"] - lad["trainable"]) <= 0.05 * lad["trainable"]
+        comparable = abs(xl["accuracy"] - lad["accuracy"]) <= 0.03
+        rows.append(("(c) xLadder's CoT shorter than the Ladder's at the same size and comparable accuracy",
+                     verdict(same_size and comparable and xl["mean_cot_tokens"] < lad["mean_cot_tokens"]),
+                     f"CoT {xl['mean_cot_tokens']:.1f} vs {lad['mean_cot_tokens']:.1f} tokens; parameters "
+                     f"{xl['trainable'] / 1e6:.2f} M vs {lad['trainable'] / 1e6:.2f} M; accuracy "
+                     f"{xl['accuracy']:.1%} vs {lad['accuracy']:.1%}"))
+    if {"ladder", "qlora"} <= m.keys():
+        n = len(data["setup"]["side_lrs"]) * len(SIDE_METHODS)
+        per_run = m["qlora"]["train_seconds"]
+        cached = data["extract_seconds"] + data["side_sweep"]["sweep_seconds"]
+        rows.append((f"target: a sweep of {n} side networks from the store (extraction included) >= 4x faster "
+                     f"than {n} QLoRA runs", verdict(n * per_run >= 4 * cached),
+                     f"{cached:.0f} s vs {n} x {per_run:.0f} s = {n * per_run:.0f} s ({n * per_run / cached:.1f}x)"))
+    return rows
+
+
+def report(data: dict, out: Path) -> str:
+    setup, m = data["setup"], data["methods"]
+    lines = [f"{setup['model']} on {setup['dataset']}: {setup['train_examples']} training examples, "
+             f"{data['steps']} steps of <= {setup['token_budget']} tokens, {setup['test_examples']} test problems, "
+             f"greedy CoT (device {setup['device']})", "",
+             "| method | lr (grid) | accuracy | mean CoT | trainable | train time | peak memory | lr-grid sweep |",
+             "|---|---|---|---|---|---|---|---|"]
+    base = data.get("eval", {}).get("backbone")
+    if base:
+        lines.append(f"| backbone alone | - | {base['accuracy']:.1%} | {base['mean_cot_tokens']:.1f} | - | - | - | - |")
+    for method, r in m.items():
+        grid = ", ".join(f"{float(k):g}" for k in r["lrs"])
+        lines.append(f"| {method} | {r['lr']:g} ({grid}) | {r['accuracy']:.1%} | {r['mean_cot_tokens']:.1f} | "
+                     f"{r['trainable'] / 1e6:.2f} M | {r['train_seconds']:.0f} s | {r['peak_mb']:.0f} MB | "
+                     f"{r['sweep_seconds']:.0f} s |")
+    lines += ["", "| claim | verdict | measured |", "|---|---|---|"]
+    lines += [f"| {c} | {v} | {n} |" for c, v, n in claims(data)]
+    text = "\n".join(lines) + "\n"
+    (out / "compare.md").write_text(text)
+    plot(data, out / "compare.png")
+    return text
+
+
+def plot(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    methods = data["methods"]
+    biggest = max(r["sweep_seconds"] for r in methods.values())
+    for method, r in methods.items():
+        ax.scatter(r["peak_mb"], 100 * r["accuracy"], s=40 + 1200 * r["sweep_seconds"] / biggest, alpha=0.6)
+        ax.annotate(f"{method}\n{r['sweep_seconds'] / 60:.0f} min sweep", (r["peak_mb"], 100 * r["accuracy"]),
+                    textcoords="offset points", xytext=(8, 6), fontsize=8)
+    ax.set_xlabel("peak training memory (MB)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy vs memory (point area: time of the lr-grid sweep)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="runs/compare", help="Directory of the results (a rerun continues).")
+    parser.add_argument("--quick", action="store_true", help="Every method on a small budget.")
+    parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated subset of " + ", ".join(METHODS))
+    for f in Setup.__dataclass_fields__.values():
+        if f.name in ("peft_lrs", "side_lrs"):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=lambda s: [float(x) for x in s.split(",")])
+        else:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(Setup(), f.name)))
+    args = parser.parse_args()
+    if args.worker:
+        job_file = Path(args.worker)
+        job_file.with_name("result.json").write_text(json.dumps(worker(json.loads(job_file.read_text()))))
+        return
+    setup = replace(Setup(), **(QUICK if args.quick else {}))
+    setup = replace(setup, **{k: v for k, v in vars(args).items() if k in Setup.__dataclass_fields__ and v is not None})
+    methods = tuple(args.methods.split(","))
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    if set(methods) & set(PEFT_METHODS):
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise SystemExit("the qlora and lora rows need peft: pip install -e .[baselines]") from None
+    out = Path(args.out)
+    start = time.perf_counter()
+    data = compare(setup, out, methods)
+    print(report(data, out))
+    print(f"whole comparison: {(time.perf_counter() - start) / 60:.1f} min this run; results in {out}/compare.json, "
+          f"compare.md, compare.png")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

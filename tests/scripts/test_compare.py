@@ -1,0 +1,39 @@
+"""scripts/compare.py end to end on a tiny Llama: every method trains, is measured and evaluated,
+and the report's claims follow from the numbers in compare.json."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import helpers
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--train-examples", "24", "--test-examples", "4", "--max-new-tokens", "8", "--token-budget", "2048"]
+
+
+@pytest.mark.slow  # 17 fresh processes: about 2 minutes
+def test_compare_runs_every_method_on_a_tiny_model(tmp_path, tiny_llama):
+    command = [sys.executable, "scripts/compare.py", "--model", str(tiny_llama), "--out", str(tmp_path), *TINY]
+    done = helpers.run(command, timeout=600, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((tmp_path / "compare.json").read_text())
+    methods = data["methods"]
+    assert list(methods) == ["qlora", "lora", "live-lst", "ladder", "xladder"]
+    for method, row in methods.items():
+        grid = data["setup"]["peft_lrs" if method in ("qlora", "lora") else "side_lrs"]
+        assert sorted(map(float, row["lrs"])) == sorted(grid)
+        assert row["lr"] == float(min(row["lrs"], key=row["lrs"].get))  # chosen on validation loss
+        assert row["examples"] == 4 and 0 <= row["accuracy"] <= 1 and row["peak_mb"] > 0 and row["trainable"] > 0
+    assert methods["qlora"]["trainable"] == methods["lora"]["trainable"]  # the same adapters
+    assert methods["live-lst"]["trainable"] == methods["ladder"]["trainable"]  # the same side network
+    steps = data["steps"]
+    for method in ("live-lst", "ladder"):  # every run took the same number of steps
+        metrics = (tmp_path / ("side" if method == "ladder" else "") / method / f"lr={methods[method]['lr']}")
+        assert json.loads((metrics / "side_config.json").read_text())["step"] == steps
+    report = (tmp_path / "compare.md").read_text()
+    assert "| backbone alone |" in report and "(a) Ladder accuracy within 3 points" in report
+    assert (tmp_path / "compare.png").stat().st_size > 0
+    again = helpers.run(command, timeout=300, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0 and json.loads((tmp_path / "compare.json").read_text()) == data  # a rerun reuses
