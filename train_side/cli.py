@@ -141,3 +141,23 @@ def loss_cmd(checkpoint, store, token_budget, device) -> None:
     except UserError as e:
         raise click.ClickException(str(e).splitlines()[0]) from None
     click.echo(f"teacher-forced loss {loss:.4f} per target token")
+
+
+@main.command("check")
+@click.argument("store")
+@click.option("--device", default="auto")
+@cache_option
+def check_cmd(store, device) -> None:
+    """Check that the frozen head in STORE gives its backbone's own logits (extract does this on its
+    first batch): reloads the backbone exactly as extracted and compares on the first examples."""
+    from extract.backbones import quiet_libraries
+
+    from .check import check_store
+
+    quiet_libraries()
+    try:
+        result = check_store(store, device)
+    except UserError as e:
+        raise click.ClickException(str(e).splitlines()[0]) from None
+    click.echo(f"head check passed: largest difference {result.difference:.3g} from the model's logits "
+               f"(allowed {result.allowed:.3g}; largest logit {result.largest:.3g})")
