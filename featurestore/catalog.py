@@ -3,13 +3,15 @@ writing one."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .storage import open_store, read_json
+from .errors import StoreError
+from .storage import DISK_ERRNOS, open_store, read_json
 from .writer import MARKER
 
 
@@ -45,13 +47,17 @@ def lock(root, fingerprint: str, on_wait: Callable[[Path], None] = lambda path: 
     releases it when its holder dies, so a crashed run never blocks the next one.
     """
     path = Path(root) / LOCKS / f"{fingerprint}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
     held = FileLock(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         held.acquire(blocking=False)
     except Timeout:
         on_wait(path)
         held.acquire()
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        raise StoreError(f"cannot write to {root} ({os.strerror(e.errno)}): choose a writable --root") from None
     try:
         yield path
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -128,7 +129,7 @@ class FeatureStore:
 
     @cached_property
     def offsets(self) -> np.ndarray:
-        offsets = self._array(L.OFFSETS)[:]
+        offsets = self._whole(L.OFFSETS)
         if problem := offsets_problem(offsets, self.n_examples, self.n_tokens):
             raise corrupt(self.location, L.OFFSETS, f"inconsistent (it {problem})")
         return offsets
@@ -139,7 +140,7 @@ class FeatureStore:
 
     @cached_property
     def meta(self) -> list[dict]:
-        meta = self._array(L.META)[:]
+        meta = self._whole(L.META)
         if meta.shape != (self.n_examples,):
             raise corrupt(self.location, L.META, f"inconsistent ({meta.size} entries for {self.n_examples} examples)")
         try:
@@ -150,9 +151,12 @@ class FeatureStore:
     def head(self) -> tuple[dict[str, np.ndarray], dict]:
         """The frozen head weights and their config. The weights are named by the layout manifest,
         not by listing the group (which plain HTTP servers cannot do)."""
-        checksums = read_manifest(self.group.store, L.LAYOUT_MANIFEST)["checksums"]
+        check_document(self.group.store, self.attrs, f"{L.LAYOUT_MANIFEST}/zarr.json", self.location)
+        checksums = (read_manifest(self.group.store, L.LAYOUT_MANIFEST) or {}).get("checksums")
+        if not isinstance(checksums, dict):
+            raise corrupt(self.location, f"{L.LAYOUT_MANIFEST}/zarr.json", "missing or unreadable")
         paths = sorted({array_path(key) for key in checksums if key.startswith(f"{L.HEAD}/")})
-        weights = {path.split("/", 1)[1]: self._array(path)[...] for path in paths}
+        weights = {path.split("/", 1)[1]: self._whole(path) for path in paths}
         check_document(self.group.store, self.attrs, f"{L.HEAD}/zarr.json", self.location)
         return weights, dict(self.group[L.HEAD].attrs)
 
@@ -166,6 +170,12 @@ class FeatureStore:
             except KeyError:
                 raise corrupt(self.location, f"{path}/zarr.json", "missing") from None
         return self._arrays[path]
+
+    def _whole(self, path: str) -> np.ndarray:
+        """A whole small array (offsets, meta, a head weight), read through Zarr, checked."""
+        array = self._array(path)
+        with _decoding(self.location, path):
+            return array[...]
 
     def _layers(self, layers) -> tuple[int, ...]:
         layers = self.layers if layers is None else tuple(layers)
@@ -189,7 +199,8 @@ class FeatureStore:
         async def gather():
             return await asyncio.gather(*(a.getitem(slice(start, stop)) for a in arrays))
 
-        from_zarr = iter(sync(gather()) if arrays else [])
+        with _decoding(self.location, ", ".join(p for p, lay in zip(paths, layouts) if lay is None)):
+            from_zarr = iter(sync(gather()) if arrays else [])
         return [next(from_zarr) if lay is None else self._direct.read(lay, start, stop) for lay in layouts]
 
     def read_layer(self, layer: int, start: int, stop: int) -> np.ndarray:
@@ -278,6 +289,18 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.location!r}, {self.n_examples} examples, {self.n_tokens} tokens)"
+
+
+@contextmanager
+def _decoding(location, what: str):
+    """Zstd's own checks failing inside Zarr's pipeline (a frame checksum, a cut-off frame) as a
+    CorruptStoreError naming the arrays."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "zstd" not in str(e).lower():
+            raise
+        raise corrupt(location, f"a chunk of {what}", f"corrupt ({str(e).splitlines()[0]})") from None
 
 
 def _unrecorded(store) -> bool:

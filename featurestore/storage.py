@@ -7,6 +7,8 @@ anything fsspec reads, through a local read cache by default (see ``remote``).
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import hashlib
 import json
 import os
@@ -126,6 +128,28 @@ class ChecksumStore(WrapperStore):
         if "/c/" in key:
             self.digests[key] = digest(value.to_bytes())
         await self._store.set(key, value)
+
+
+# What a user can fix about where a store is written: space, quota, permissions.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def disk_errors(function):
+    """Turns a full disk, a quota or a read-only or forbidden location met while ``function``
+    writes a store into a one-line StoreError (what is written so far stays, marked incomplete)."""
+
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except OSError as e:
+            if e.errno not in DISK_ERRNOS:
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            raise StoreError(f"cannot write the store: {os.strerror(e.errno)}{where}; free space or fix permissions, "
+                             "then rerun with --resume (finished shards are kept)") from None
+
+    return wrapped
 
 
 def size_on_disk(location) -> int:

@@ -72,7 +72,7 @@ def _offsets(location, cache_dir, attrs: dict) -> list[Problem]:
 
     try:
         store = FeatureStore.open(location, allow_incomplete=True, cache_dir=cache_dir)
-        offsets = store._array("examples/offsets")[:]
+        offsets = store._whole("examples/offsets")
     except UserError as e:
         return [Problem("metadata", "examples/offsets", str(e).split(";")[0])]
     what = offsets_problem(offsets, attrs.get("n_examples", -1), attrs.get("n_tokens", -1))

@@ -19,6 +19,7 @@ from .layout import Geometry, StoreSpec, TokenTable
 from .storage import (
     ChecksumStore,
     digest,
+    disk_errors,
     local_path,
     open_store,
     read_json,
@@ -66,6 +67,7 @@ class StoreWriter:
     can never wipe what rank 0 wrote, and it needs no ``resume``.
     """
 
+    @disk_errors
     def __init__(
         self,
         location,
@@ -182,7 +184,8 @@ class StoreWriter:
         self._array(group, L.INPUT_IDS, tokens.input_ids)
         self._array(group, L.LOSS_MASK, tokens.loss_mask)
         meta_strings = [_json(m) for m in (meta or [{}] * tokens.n_examples)]
-        group.create_array(L.META, shape=(tokens.n_examples,), dtype=str, chunks=(max(1, tokens.n_examples),))
+        group.create_array(L.META, shape=(tokens.n_examples,), dtype=str, chunks=(max(1, tokens.n_examples),),
+                           compressors=[ZstdCodec(level=3, checksum=True)])
         group[L.META][:] = np.array(meta_strings, dtype=object)
         head_group = group.require_group(L.HEAD)
         head_group.attrs.put(head_config or {})
@@ -235,6 +238,7 @@ class StoreWriter:
         first, last = self.geometry.shard_of(start), self.geometry.shard_of(max(start, stop - 1))
         return any(j in self._todo for j in range(first, last + 1))
 
+    @disk_errors
     def write(self, start: int, rows: dict[int, np.ndarray]) -> None:
         """Rows for tokens [start, start + n) of every layer. Tokens already written (earlier
         shards, a resumed run) or owned by another writer are dropped."""
@@ -319,6 +323,7 @@ class StoreWriter:
             self.close()
 
 
+@disk_errors
 def finalize(location, extra_stats: dict | None = None) -> dict:
     """Completes a store whose shards are all written: aggregates stats, then sets ``complete``."""
     store = open_store(location, writable=True)

@@ -56,6 +56,8 @@ def _load_rows(dataset: str, split: str, config: str | None):
             raise DataError(f"no such file: {dataset}")
         if path.stat().st_size == 0:  # datasets fails obscurely on some empty files
             raise DataError(f"could not read {dataset}: it has no examples")
+        if builder != "parquet":
+            _check_utf8(path)
         try:
             rows = datasets.load_dataset(builder, data_files=str(path), split=split)
         except Exception as error:  # datasets raises many types for unreadable, empty or unsplit files
@@ -95,6 +97,26 @@ def _examples(rows, question_field: str, answer_field: str, limit: int | None, d
             raise DataError(f"example {i} of {dataset!r} has no {missing}; fix or drop it")
         examples.append(make_example(str(question), str(answer), i))
     return examples
+
+
+def _check_utf8(path: Path, block: int = 1 << 20) -> None:
+    """Text files must be UTF-8: pyarrow would fail deep inside a later conversion otherwise."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with path.open("rb") as f:
+        offset = 0
+        while data := f.read(block):
+            try:
+                decoder.decode(data)
+            except UnicodeDecodeError as e:
+                raise DataError(f"could not read {path}: it is not UTF-8 text (byte {offset + e.start}); "
+                                "convert it to UTF-8") from None
+            offset += len(data)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataError(f"could not read {path}: it is not UTF-8 text (it ends mid-character)") from None
 
 
 def _first_line(error: Exception) -> str:
