@@ -152,12 +152,10 @@ def peft_model(setup: Setup, method: str, adapter: Path | None = None):
                                                  device_map={"": source.device})
     if adapter is not None:
         return PeftModel.from_pretrained(model, adapter).eval(), source.tokenizer
-    checkpointing = {"use_gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
-    if method == "qlora":
-        model = prepare_model_for_kbit_training(model, **checkpointing)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+    if method == "qlora":  # norms to float32, inputs requiring grad; checkpointing below, by its current name
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
     config = LoraConfig(r=setup.lora_rank, lora_alpha=2 * setup.lora_rank, lora_dropout=0.05,
                         target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, config), source.tokenizer
