@@ -1,0 +1,104 @@
+"""User faults at the command line end in one line and a non-zero exit, never a traceback; training
+run directories take one writer at a time and survive a kill before the first checkpoint."""
+
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tests import helpers
+from tests.train_side.tiny_store import write_tiny_store
+from train_side import rundir
+from train_side.cli import main as train_side
+
+
+def one_line_error(result, *phrases):
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, Exception) or \
+        isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1 and all(p in lines[0] for p in phrases), result.output
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return str(write_tiny_store(tmp_path_factory.mktemp("tiny") / "tiny.zarr", n_examples=24))
+
+
+SMALL = ["--reduction", "4", "--every", "2", "--token-budget", "128"]
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["train", "{store}", "--out", "{out}", "--epochs", "0"], "--epochs"),
+    (["train", "{store}", "--out", "{out}", "--token-budget", "0"], "--token-budget"),
+    (["train", "{store}", "--out", "{out}", "--val-fraction", "1.5"], "--val-fraction"),
+    (["sweep", "{store}", "--out", "{out}", "--grid", "lr=abc"], "lr"),
+    (["sweep", "{store}", "--out", "{out}", "--grid", "heads=two"], "heads"),
+])
+def test_bad_training_options_are_refused_at_the_command_line(store, tmp_path, args, phrase):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(train_side, [a.format(store=store, out=out) for a in args])
+    one_line_error(result, phrase)
+    assert not out.exists()  # nothing left behind
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line(store, tmp_path):
+    one_line_error(CliRunner().invoke(train_side, ["train", store, "--out", str(tmp_path / "r"), "--device", "cuda"]),
+                   "no usable CUDA")
+
+
+def test_bad_extraction_options_are_refused_at_the_command_line():
+    from extract.cli import main as extract
+
+    one_line_error(CliRunner().invoke(extract, ["--chunk-mb", "-1"]), "--chunk-mb")
+    one_line_error(CliRunner().invoke(extract, ["--token-budget", "0"]), "--token-budget")
+
+
+def test_a_non_utf8_dataset_file_is_one_line(tmp_path):
+    from extract.errors import DataError  # noqa: F401 - the error the loader raises
+    from extract.tasks.datasets import load_examples
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"question": "\xff\xfe", "answer": "1"}\n')
+    with pytest.raises(Exception, match="not UTF-8") as caught:
+        load_examples(str(bad), "train")
+    from featurestore.errors import UserError
+
+    assert isinstance(caught.value, UserError)
+
+
+def test_a_second_run_into_a_held_directory_is_refused_naming_the_holder(store, tmp_path):
+    out = tmp_path / "run"
+    held = rundir.claim(out)  # another run is writing here
+    try:
+        result = CliRunner().invoke(train_side, ["train", store, "--out", str(out), *SMALL])
+        one_line_error(result, "being written by another training run", "pid")
+    finally:
+        held.release()
+    assert CliRunner().invoke(train_side, ["train", store, "--out", str(out), "--epochs", "1", *SMALL]).exit_code == 0
+
+
+def test_the_token_budget_is_part_of_the_fingerprint():
+    from extract.provenance import Provenance
+
+    one, other = (Provenance(model={}, dataset={}, token_budget=b).source() for b in (4096, 512))
+    assert one != other
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_checkpoint_starts_again_or_resumes(store, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-c", "from train_side.cli import main; main()", "train", store, "--out", str(out), "--epochs", "1", *SMALL]
+    child = helpers.start(command)
+    helpers.wait_until(lambda: (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size,
+                       120, "the first logged step")
+    helpers.kill(child)  # SIGKILL before the end of the epoch: no checkpoint yet
+    assert not rundir.has_checkpoint(out)
+    resumed = helpers.run([*command, "--resume"], timeout=300, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    again = helpers.run(command, timeout=300, capture_output=True, text=True)
+    assert again.returncode != 0 and "already holds a training run" in again.stderr
+    assert "Traceback" not in again.stderr
