@@ -146,8 +146,8 @@ def peft_model(setup: Setup, method: str, adapter: Path | None = None):
     source = resolve_backbone(setup.model, dtype="auto", device=setup.device)
     quantization = None
     if method == "qlora":
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                          bnb_4bit_compute_dtype=source.dtype)
+        # No double quantisation: on this CPU it doubled QLoRA's step time to save ~0.4 bits per weight.
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=source.dtype)
     model = AutoModelForCausalLM.from_pretrained(source.source, dtype=source.dtype, quantization_config=quantization,
                                                  device_map={"": source.device})
     if adapter is not None:
