@@ -219,8 +219,10 @@ class FeatureStore:
         return input_ids, loss_mask, per_layer
 
     def tokens(self, start: int, stop: int, layers=None) -> Tokens:
-        """Tokens [start, stop) with the requested layers (all by default)."""
+        """Tokens [start, stop) with the requested layers (all by default); like a slice, a range
+        running past the end stops there."""
         layers = self._layers(layers)
+        start, stop = min(start, self.n_tokens), min(stop, self.n_tokens)
         input_ids, loss_mask, per_layer = self._raw(start, stop, layers)
         return Tokens(input_ids, loss_mask, {k: self.codec.decode(p) for k, p in zip(layers, per_layer)},
                       offsets=np.array([0, stop - start]))
