@@ -55,6 +55,13 @@ class Codec:
     def encode(self, x: np.ndarray) -> Parts:
         raise NotImplementedError
 
+    def encode_rows(self, x: np.ndarray) -> tuple[Parts, np.ndarray, np.ndarray]:
+        """(parts, absmax, energy): the encoding of float32 rows ``x`` and, per row, max |x| (float32)
+        and sum x^2 (float64, summed in the order of :func:`row_energy`), which the writer checks and
+        keeps as the store's stats. The device encoders (``extract.encode``) compute all three
+        bit-identically."""
+        return self.encode(x), row_absmax(x), row_energy(x * x).astype(np.float64)
+
     def decode(self, parts: Parts, out: np.ndarray | None = None) -> np.ndarray:
         """Decoded float32 (n, hidden), written into ``out`` when given (a float32 (n, hidden) view,
         e.g. one example's rows of a padded batch: a reader decodes straight into place)."""
@@ -174,15 +181,27 @@ class Int8Outlier(Codec):
         }
 
     def encode(self, x):
-        # Written for few passes over x: the extraction writer runs it beside the backbone.
+        return self.encode_rows(x)[0]
+
+    def encode_rows(self, x):
+        # Written for few passes over x: the extraction writer runs it beside the backbone. Every
+        # operation is an exactly rounded one in a fixed order, so extract.encode's torch twin (on
+        # any device) gives the same bits.
         x = np.ascontiguousarray(x, dtype=np.float32)
         n, d = x.shape
         magnitude = np.abs(x)
+        absmax = row_absmax(x) if self.outliers == 0 else None
         index = top_abs_indices(magnitude, self.outliers)  # marks the outliers -1 in `magnitude`
         rows = np.arange(n)[:, None]
         value = x[rows, index]
-        energy_row = np.einsum("ij,ij->i", x, x).astype(np.float64)  # float32 sums: ~1e-7 relative, ample for a step
-        energy_rest = np.maximum(energy_row - np.einsum("ij,ij->i", value, value), 0)
+        if absmax is None:
+            absmax = np.abs(value[:, 0])  # the first outlier is the row's largest magnitude
+        squares = x * x
+        squares[rows, index] = 0
+        energy_rest = row_energy(squares).astype(np.float64)  # no cancellation against massive outliers
+        energy_row = energy_rest.copy()
+        for j in range(self.outliers):
+            energy_row += value[:, j].astype(np.float64) ** 2
         step = np.minimum(self.step * np.sqrt(energy_rest / d), self.max_step * np.sqrt(energy_row / d))
         step = np.maximum(step, magnitude.max(axis=1, initial=0) / 127)  # int8 never saturates
         step = np.maximum(step, np.abs(value).max(axis=1, initial=0) / 60000)  # outliers fit float16
@@ -190,12 +209,13 @@ class Int8Outlier(Codec):
         step[step == 0] = 1
         scaled = x * (1 / step)[:, None]
         scaled[rows, index] = 0  # outlier slots: decode overwrites them
-        return {
+        parts = {
             "codes": np.rint(scaled, out=scaled).astype(np.int8),
             "scale": step,
             "outlier_index": index.astype(np.uint16),
             "outlier_value": (value / step[:, None]).astype(np.float16),
         }
+        return parts, absmax, energy_row
 
     def _decode_into(self, parts, out):
         scale = parts["scale"][:, None]
@@ -203,6 +223,26 @@ class Int8Outlier(Codec):
         if self.outliers:
             rows = np.arange(len(out))[:, None]
             out[rows, parts["outlier_index"].astype(np.intp)] = np.multiply(parts["outlier_value"], scale, dtype=np.float32)
+
+
+def row_absmax(x: np.ndarray) -> np.ndarray:
+    """max |x| per row (float32; +0.0 for a row of zeros), without an |x| temporary."""
+    if x.shape[1] == 0:
+        return np.zeros(len(x), np.float32)
+    return np.maximum(x.max(axis=1), -x.min(axis=1)) + np.float32(0)
+
+
+def row_energy(squares: np.ndarray) -> np.ndarray:
+    """Per-row sums of ``squares`` (float32, (n, d), overwritten) in one fixed order: the upper part
+    of the row is added onto the lower part until one column is left. Every add is an exactly
+    rounded float32 add, so numpy and torch, on any device, give the same bits (a library's own
+    reduction order is not specified, and differs between them)."""
+    width = squares.shape[1]
+    while width > 1:
+        half = (width + 1) // 2
+        squares[:, : width - half] += squares[:, half:width]
+        width = half
+    return squares[:, 0].copy() if width else np.zeros(len(squares), squares.dtype)
 
 
 def top_abs_indices(magnitude: np.ndarray, k: int) -> np.ndarray:
