@@ -400,7 +400,9 @@ class Results:
         for key in keys[:-1]:
             node = node.setdefault(key, {})
         node[keys[-1]] = value
-        self.path.write_text(json.dumps(self.data, indent=1) + "\n")
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps(self.data, indent=1) + "\n")
+        partial.replace(self.path)  # a reader, or a run cut off here, never sees half a file
 
     def once(self, compute, *keys):
         """The stored value of ``keys``, computed (and stored) only the first time."""
