@@ -13,6 +13,7 @@ from .reader import FeatureStore
 from .remote import REMOTE_CACHE_ENV
 from .errors import UserError
 from .storage import local_path
+from .hub import is_hf_url, push_store
 from .transfer import copy_store
 from .verify import verify
 from .errors import StoreError
@@ -217,12 +218,39 @@ def _copy(source: str, dest: str, allow_incomplete: bool) -> None:
 @click.argument("store")
 @click.argument("url")
 @click.option("--allow-incomplete", is_flag=True, help="Copy the finished shards of an incomplete store.")
-def push(store: str, url: str, allow_incomplete: bool) -> None:
-    """Copy STORE to URL (a path, file://, s3:// or gs:// URL), object by object.
+@click.option("--private", is_flag=True, help="hf:// only: create the repository private (if it does not exist).")
+def push(store: str, url: str, allow_incomplete: bool, private: bool) -> None:
+    """Copy STORE to URL (a path, file://, s3://, gs:// or hf://datasets/ORG/NAME), object by object.
 
     Every chunk and shard is checked against the checksum its manifest records; the copy is marked
-    complete last, only when every object arrived intact. Re-run to resume an interrupted copy."""
+    complete last, only when every object arrived intact. Re-run to resume an interrupted copy.
+
+    To the Hugging Face Hub (log in first: `hf auth login` or $HF_TOKEN) a push is a few commits
+    made by huggingface_hub: the root marked incomplete, the objects, then the manifests, a dataset
+    card and the root marked complete, last. Anyone can then read hf://datasets/ORG/NAME wherever a
+    store is accepted (`train_side train hf://datasets/ORG/NAME --out runs/a`)."""
+    if is_hf_url(url):
+        _push_to_hub(store, url, allow_incomplete, private)
+        return
     _copy(store, url, allow_incomplete)
+
+
+def _push_to_hub(store: str, url: str, allow_incomplete: bool, private: bool) -> None:
+    if allow_incomplete:
+        raise click.ClickException("only complete stores go to the Hub; drop --allow-incomplete")
+    with tqdm(unit="obj", desc="push", leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            pushed = push_store(store, url, private=private or None, progress=progress)
+        except UserError as e:
+            raise click.ClickException(str(e).splitlines()[0]) from None
+    if pushed.already:
+        click.echo(f"{pushed.url} already holds this complete store")
+    else:
+        click.echo(f"{pushed.files} files pushed to {pushed.url} in {pushed.commits} commits; complete")
 
 
 @main.command()

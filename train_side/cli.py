@@ -10,7 +10,10 @@ from featurestore.cli import cache_option
 from featurestore.errors import UserError
 from featurestore.options import config_from_options, config_options, config_values
 
+from featurestore.hub import is_hf_url
+
 from .config import DataConfig, OptimConfig
+from .hub import fetch_run
 from .model import LADDER_ONLY, SideConfig
 from .sweep import format_table, load_grid, parse_grid_options, sweep
 from .train import train
@@ -94,7 +97,7 @@ def sweep_cmd(grid_options, grid_file, jobs, **o) -> None:
 
 
 @main.command("eval")
-@click.argument("checkpoint", type=click.Path(file_okay=False, exists=True))
+@click.argument("checkpoint")
 @click.option("--backbone-only", is_flag=True, help="Evaluate the checkpoint's backbone alone (the baseline).")
 @click.option("--dataset", default=None, help="Default: the dataset of the checkpoint's store.")
 @click.option("--split", default="test")
@@ -117,7 +120,10 @@ def eval_cmd(checkpoint, **options) -> None:
 
     quiet_libraries()
     try:
-        m = evaluate(checkpoint, **options)
+        if is_hf_url(checkpoint) and options["out"] is None:  # not inside huggingface_hub's cache
+            name = checkpoint.removeprefix("hf://").replace("/", "--")
+            options["out"] = f"eval/{name}" + ("-backbone" if options["backbone_only"] else "")
+        m = evaluate(fetch_run(checkpoint), **options)
     except UserError as e:
         raise click.ClickException(str(e).splitlines()[0]) from None
     click.echo(f"{m['model']} on {m['dataset']} {m['split']} ({m['examples']} examples, {m['decoding']}): "
@@ -126,7 +132,7 @@ def eval_cmd(checkpoint, **options) -> None:
 
 
 @main.command("loss")
-@click.argument("checkpoint", type=click.Path(file_okay=False, exists=True))
+@click.argument("checkpoint")
 @click.argument("store")
 @click.option("--token-budget", default=4096)
 @click.option("--device", default="auto")
@@ -137,7 +143,7 @@ def loss_cmd(checkpoint, store, token_budget, device) -> None:
     from .evaluate import teacher_forced_loss
 
     try:
-        loss = teacher_forced_loss(checkpoint, store, token_budget, device)
+        loss = teacher_forced_loss(fetch_run(checkpoint), store, token_budget, device)
     except UserError as e:
         raise click.ClickException(str(e).splitlines()[0]) from None
     click.echo(f"teacher-forced loss {loss:.4f} per target token")
@@ -161,3 +167,106 @@ def check_cmd(store, device) -> None:
         raise click.ClickException(str(e).splitlines()[0]) from None
     click.echo(f"head check passed: largest difference {result.difference:.3g} from the model's logits "
                f"(allowed {result.allowed:.3g}; largest logit {result.largest:.3g})")
+
+
+@main.command("generate")
+@click.argument("run")
+@click.argument("prompts", nargs=-1)
+@click.option("--file", "prompt_file", type=click.File("r", encoding="utf-8"), default=None,
+              help="Read prompts from this file, one per line ('-': standard input).")
+@click.option("--chat", is_flag=True, help="Interactive: type a question, read the answer as it is generated, "
+                                           "repeat; an empty line or Ctrl-D ends. Each question is answered on "
+                                           "its own (the run's template is single-turn).")
+@click.option("--max-new-tokens", default=256, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.0, type=click.FloatRange(min=0), help="0: greedy; above 0: sampling.")
+@click.option("--top-p", default=1.0, type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling mass.")
+@click.option("--top-k", default=0, type=click.IntRange(min=0), help="Sample among the k most likely (0: all).")
+@click.option("--seed", default=0, help="Sampling seed (the same seed repeats the same text).")
+@click.option("--raw", is_flag=True, help="Send each prompt as it is, without the run's prompt template.")
+@click.option("--backbone-only", is_flag=True, help="The run's backbone alone (the baseline), same template.")
+@click.option("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N].")
+def generate_cmd(run, prompts, prompt_file, chat, max_new_tokens, temperature, top_p, top_k, seed, raw,
+                 backbone_only, device) -> None:
+    """Answer your own prompts with the side network of RUN (a run directory or hf://ORG/NAME),
+    streaming the text as it is generated.
+
+    The backbone is reloaded exactly as the run's store was extracted (another is refused), and each
+    prompt is put in the run's own template (plain `Question: ... Answer:` or the chat template),
+    as in training. Prompts come from the arguments, from --file, or from standard input one per
+    line when piped; --chat asks for them interactively.
+
+    \b
+    Examples:
+      train_side generate runs/ladder "What is 12 * 7?"
+      train_side generate runs/ladder --file questions.txt --temperature 0.7 --top-p 0.9
+      echo "What is 3 + 4?" | train_side generate hf://my-team/smollm2-arith-ladder
+      train_side generate runs/ladder --chat
+    """
+    import sys
+    import time
+
+    from extract.backbones import quiet_libraries
+
+    if chat and (prompts or prompt_file):
+        raise click.UsageError("--chat reads questions interactively; drop the prompts and --file")
+    if not chat and not prompts and prompt_file is None:
+        if sys.stdin.isatty():
+            raise click.UsageError('give prompts as arguments, --file FILE, lines on standard input, or --chat: '
+                                   'train_side generate RUN "What is 12 * 7?"')
+        prompt_file = sys.stdin
+    quiet_libraries()
+    try:
+        from transformers import TextStreamer
+
+        from .side_model import SideModel
+
+        model = SideModel.from_pretrained(run, device=device, backbone_only=backbone_only)
+        streamer = TextStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        settings = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
+                        top_p=top_p, top_k=top_k, seed=seed, streamer=streamer)
+
+        def answer(question: str) -> int:
+            ids = model.tokenizer(question, add_special_tokens=False).input_ids if raw else model.encode(question)
+            out = model.generate([ids], **settings)
+            return out.shape[1] - len(ids)
+
+        if chat:
+            click.echo(f"{model.checkpoint.side.kind if not backbone_only else 'backbone'} on "
+                       f"{model.backbone.info['id']}; an empty line or Ctrl-D ends.", err=True)
+            while question := click.prompt("", prompt_suffix="> ", default="", show_default=False).strip():
+                answer(question)
+            return
+        questions = list(prompts) + ([line.strip() for line in prompt_file if line.strip()] if prompt_file else [])
+        n, start = 0, time.perf_counter()
+        for i, question in enumerate(questions):
+            if len(questions) > 1:
+                click.echo(f"{'' if i == 0 else chr(10)}> {question}")
+            n += answer(question)
+        click.echo(f"({n} tokens in {time.perf_counter() - start:.1f} s)", err=True)
+    except UserError as e:
+        raise click.ClickException(str(e).splitlines()[0]) from None
+    except click.Abort:  # Ctrl-D / Ctrl-C at the chat prompt
+        click.echo("", err=True)
+
+
+@main.command("push")
+@click.argument("run", type=click.Path(file_okay=False, exists=True))
+@click.argument("url")
+@click.option("--private", is_flag=True, help="Create the repository private (when it does not exist yet).")
+def push_cmd(run, url, private) -> None:
+    """Share the trained side network in RUN on the Hugging Face Hub at URL (hf://ORG/NAME).
+
+    Sends side.safetensors, side_config.json, metrics.jsonl, the plots, the metrics of its
+    evaluations and a generated model card (backbone, store fingerprint, data, measured metrics) in
+    one commit, so an interrupted push leaves the repository as it was. Never the optimizer state.
+    Log in first (`hf auth login` or $HF_TOKEN). Others then run `train_side generate URL "..."`
+    or `SideModel.from_pretrained("URL")`; push the store too (`featurestore push STORE
+    hf://datasets/ORG/NAME`) to let them train from it.
+    """
+    from .hub import push_run
+
+    try:
+        pushed = push_run(run, url, private=private or None)
+    except UserError as e:
+        raise click.ClickException(str(e).splitlines()[0]) from None
+    click.echo(f"{len(pushed.files)} files pushed to {pushed.url}: {', '.join(pushed.files)}")

@@ -60,10 +60,13 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
-def choose(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator) -> Tensor:
-    """Greedy when ``temperature`` is 0, else nucleus sampling. logits (B, V) -> tokens (B,)."""
+def choose(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator, top_k: int = 0) -> Tensor:
+    """Greedy when ``temperature`` is 0, else nucleus sampling (among the ``top_k`` most likely
+    tokens first, when ``top_k`` > 0). logits (B, V) -> tokens (B,)."""
     if temperature == 0:
         return logits.argmax(-1)
+    if 0 < top_k < logits.shape[-1]:
+        logits = logits.masked_fill(logits < logits.topk(top_k, dim=-1).values[:, -1:], float("-inf"))
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # the smallest set reaching top_p
@@ -74,9 +77,10 @@ def choose(logits: Tensor, temperature: float, top_p: float, generator: torch.Ge
 
 def generate(pipeline: Pipeline, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int,
              stop: Callable[[list[int]], bool], temperature: float = 0.0, top_p: float = 1.0,
-             seed: int = 0) -> list[list[int]]:
+             seed: int = 0, top_k: int = 0, on_step: Callable[[Tensor], None] | None = None) -> list[list[int]]:
     """Generates for a batch of prompts until every sequence is stopped (``stop(tokens)``, e.g.
-    EOS or a finished answer line) or ``max_new_tokens``; returns each sequence's new tokens."""
+    EOS or a finished answer line) or ``max_new_tokens``; returns each sequence's new tokens.
+    ``on_step(tokens)`` sees each step's chosen tokens (B,) as they come (streaming output)."""
     device = pipeline.device
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))
     caches = pipeline.start()
@@ -85,7 +89,9 @@ def generate(pipeline: Pipeline, prompts: list[list[int]], *, max_new_tokens: in
     outputs: list[list[int]] = [[] for _ in prompts]
     done = np.zeros(len(prompts), dtype=bool)
     for _ in range(max_new_tokens):
-        tokens = choose(logits, temperature, top_p, generator)
+        tokens = choose(logits, temperature, top_p, generator, top_k)
+        if on_step is not None:
+            on_step(tokens)
         for i, token in enumerate(tokens.tolist()):
             if not done[i]:
                 outputs[i].append(token)

@@ -29,6 +29,12 @@ def template_info(name: str, tokenizer) -> dict:
     return {"name": name, "chat_template_sha256": hashlib.sha256(chat_template.encode()).hexdigest()}
 
 
+def format_prompt(tokenizer, question: str, template: str) -> str:
+    """The prompt text of ``question`` in ``template``: what :func:`encode_prompt` tokenises."""
+    _check(template, tokenizer)
+    return _prompt_text(tokenizer, question, template)
+
+
 def encode_prompt(tokenizer, question: str, template: str) -> list[int]:
     """The ids generation starts from: the prefix of :func:`encode_example`'s ids."""
     _check(template, tokenizer)

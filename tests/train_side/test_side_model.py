@@ -1,0 +1,193 @@
+"""SideModel: a trained run as a model in the user's code, equal to the project's own generation loop."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from extract.backbones import load_backbone
+from extract.run import extract
+from extract.tasks.datasets import load_examples
+from extract.tasks.prompts import encode_prompt
+from featurestore import FeatureStore
+from train_side import SideModel, checkpoint
+from train_side.cli import main
+from train_side.evaluate import EvalError
+from train_side.generate import Pipeline, generate, left_pad
+from train_side.model import FrozenHead
+from train_side.side_model import GenerationArgumentError
+from train_side.train import DataConfig, train
+
+
+@pytest.fixture(scope="module")
+def run(tiny_llama, tmp_path_factory):
+    root = tmp_path_factory.mktemp("side-model")
+    store = extract(str(tiny_llama), limit=8, root=root / "stores", codec="int8o", progress=False).store
+    out = root / "ladder"
+    train(store, out, side={"side_width": 16, "n_heads": 2}, data=DataConfig(epochs=1, val_fraction=0.2),
+          progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(run):
+    return SideModel.from_pretrained(run)
+
+
+@pytest.fixture(scope="module")
+def eval_pipeline(run, tiny_llama):
+    """The pipeline `train_side eval` builds for the run, built here independently."""
+    trained = checkpoint.Checkpoint.load(run)
+    backbone = load_backbone(str(tiny_llama))
+    store = FeatureStore.open(trained.store.location)
+    return Pipeline(backbone, FrozenHead(*store.head()), checkpoint.load_side(run)[0], store.codec)
+
+
+@pytest.fixture(scope="module")
+def prompts(model):
+    examples, _ = load_examples("arith", "test", limit=3)
+    return [encode_prompt(model.tokenizer, e.question, "plain") for e in examples]
+
+
+def batch(prompts, pad_id):
+    return left_pad(prompts, pad_id)
+
+
+@pytest.mark.parametrize("sampling", [False, True])
+def test_generate_equals_the_projects_loop_token_for_token(model, eval_pipeline, prompts, sampling):
+    pad = model.tokenizer.pad_token_id
+    eos = set(model.eos_token_ids)
+    settings = dict(temperature=0.8, top_p=0.9, seed=7) if sampling else {}
+    expected = generate(eval_pipeline, prompts, max_new_tokens=12, pad_id=pad, stop=lambda t: t[-1] in eos,
+                        **settings)
+    ids, mask = batch(prompts, pad)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=sampling,
+                         **({"temperature": 0.8, "top_p": 0.9, "seed": 7} if sampling else {}))
+    assert out.shape[0] == len(prompts) and torch.equal(out[:, : ids.shape[1]], ids)
+    for row, tokens in zip(out[:, ids.shape[1]:].tolist(), expected):
+        assert row[: len(tokens)] == tokens and set(row[len(tokens):]) <= {pad}
+
+
+def test_sampling_repeats_after_torch_manual_seed(model, prompts):
+    ids = torch.tensor([prompts[0]])
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        runs.append(model.generate(ids, max_new_tokens=8, do_sample=True, temperature=1.5, top_k=20))
+    assert torch.equal(*runs)
+
+
+def test_one_prompt_unpadded_and_as_a_list(model, prompts):
+    ids = torch.tensor([prompts[1]])
+    assert torch.equal(model.generate(ids, max_new_tokens=5), model.generate([prompts[1]], max_new_tokens=5))
+    assert torch.equal(model.generate(ids, max_new_tokens=5), model.generate(ids[0], max_new_tokens=5))
+
+
+def test_forward_gives_the_pipelines_logits_and_continues_from_its_cache(model, eval_pipeline, prompts):
+    ids = torch.tensor([prompts[0]])
+    logits = model(ids).logits
+    assert torch.allclose(logits, eval_pipeline.step(ids, torch.ones_like(ids), eval_pipeline.start()), atol=1e-5)
+    first = model(ids[:, :-3], use_cache=True)
+    rest = model(ids[:, -3:], past_key_values=first.past_key_values)
+    assert torch.allclose(rest.logits, logits[:, -3:], atol=1e-4)
+    assert model(ids)[0].shape == logits.shape
+
+
+def test_streamer_sees_the_prompt_then_each_new_token(model, prompts):
+    class Recorder:
+        def __init__(self):
+            self.puts, self.ended = [], False
+
+        def put(self, value):
+            self.puts.append(value.tolist())
+
+        def end(self):
+            self.ended = True
+
+    recorder = Recorder()
+    ids = torch.tensor([prompts[0]])
+    out = model.generate(ids, max_new_tokens=6, streamer=recorder)
+    assert recorder.puts[0] == ids.tolist() and recorder.ended
+    assert [t for step in recorder.puts[1:] for t in step] == out[0, ids.shape[1]:].tolist()
+
+
+def test_a_text_streamer_prints_the_generated_text(model, prompts, capsys):
+    from transformers import TextStreamer
+
+    ids = torch.tensor([prompts[0]])
+    out = model.generate(ids, max_new_tokens=6, streamer=TextStreamer(model.tokenizer, skip_prompt=True))
+    assert capsys.readouterr().out.strip() == model.tokenizer.decode(out[0, ids.shape[1]:]).strip()
+
+
+def test_generation_config_and_max_length(model, prompts):
+    from transformers import GenerationConfig
+
+    ids = torch.tensor([prompts[0]])
+    assert model.generate(ids, generation_config=GenerationConfig(max_new_tokens=3), eos_token_id=[]).shape[1] == \
+        ids.shape[1] + 3
+    assert model.generate(ids, max_length=ids.shape[1] + 2, eos_token_id=[]).shape[1] == ids.shape[1] + 2
+
+
+def test_unsupported_arguments_are_refused_by_name(model, prompts):
+    ids = torch.tensor([prompts[0]])
+    with pytest.raises(GenerationArgumentError, match="does not implement num_beams; it takes max_new_tokens"):
+        model.generate(ids, num_beams=4)
+    with pytest.raises(GenerationArgumentError, match="temperature > 0"):
+        model.generate(ids, do_sample=True, temperature=0)
+
+
+def test_template_and_tokenizer(model, prompts):
+    question = load_examples("arith", "test", limit=1)[0][0].question
+    assert model.format(question) == f"Question: {question}\nAnswer:"
+    assert model.encode(question) == prompts[0]
+    assert model.tokenizer(model.format(question)).input_ids == prompts[0]
+
+
+def test_a_shared_backbone_and_the_backbone_alone(run, model, prompts):
+    alone = SideModel.from_pretrained(run, backbone=model.backbone, backbone_only=True)
+    assert alone.backbone is model.backbone and alone.pipeline.side is None
+    expected = generate(Pipeline(model.backbone, model.pipeline.head), [prompts[0]], max_new_tokens=5,
+                        pad_id=0, stop=lambda t: False)[0]
+    assert alone.generate([prompts[0]], max_new_tokens=5, eos_token_id=[])[0, len(prompts[0]):].tolist() == expected
+
+
+def test_another_backbone_is_refused(run, model, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".lock*"))
+    config = checkpoint.load_config(copy)
+    config["store"]["model"]["weights_hash"] = "0" * 64
+    (copy / "side_config.json").write_text(json.dumps(config))
+    with pytest.raises(EvalError, match="differs from the one the store was extracted from"):
+        SideModel.from_pretrained(copy)
+    with pytest.raises(GenerationArgumentError, match="the backbone passed differs"):
+        SideModel.from_pretrained(copy, backbone=model.backbone)
+
+
+def test_cli_streams_answers_to_prompts_from_arguments_stdin_and_chat(run, model):
+    question = load_examples("arith", "test", limit=1)[0][0].question
+    expected = model.tokenizer.decode(model.generate([model.encode(question)], max_new_tokens=5)[0, len(model.encode(question)):],
+                                      skip_special_tokens=True).strip()
+    runner = CliRunner()
+    result = runner.invoke(main, ["generate", str(run), question, "--max-new-tokens", "5"])
+    assert result.exit_code == 0, result.output
+    assert expected in result.stdout
+    piped = runner.invoke(main, ["generate", str(run), "--max-new-tokens", "5"], input=f"{question}\n{question}\n")
+    assert piped.exit_code == 0 and piped.stdout.count(expected) == 2 and f"> {question}" in piped.stdout
+    chat = runner.invoke(main, ["generate", str(run), "--chat", "--max-new-tokens", "5"], input=f"{question}\n\n")
+    assert chat.exit_code == 0 and expected in chat.stdout
+    sampled = runner.invoke(main, ["generate", str(run), question, "--max-new-tokens", "5", "--temperature", "0.7",
+                                   "--seed", "1"])
+    assert sampled.exit_code == 0 and sampled.stdout == runner.invoke(
+        main, ["generate", str(run), question, "--max-new-tokens", "5", "--temperature", "0.7", "--seed", "1"]).stdout
+
+
+def test_cli_one_line_errors(run, tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(main, ["generate", str(tmp_path / "nothing"), "hi"])
+    assert missing.exit_code == 1 and "holds no side checkpoint" in missing.output
+    both = runner.invoke(main, ["generate", str(run), "hi", "--chat"])
+    assert both.exit_code == 2 and "--chat reads questions interactively" in both.output
+    bad = runner.invoke(main, ["generate", str(run), "hi", "--top-p", "0"])
+    assert bad.exit_code == 2

@@ -1,0 +1,200 @@
+"""A trained side network as a model in your own code, the way peft users load an adapter::
+
+    from train_side import SideModel
+
+    model = SideModel.from_pretrained("runs/ladder")          # or "hf://ORG/NAME"
+    ids = model.tokenizer(model.format("What is 12 * 7?"), return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=128, streamer=TextStreamer(model.tokenizer, skip_prompt=True))
+
+``from_pretrained`` reloads exactly the backbone the run's store was extracted from (weights,
+quantization, dtype; another is refused, as ``train_side eval`` does). ``model(input_ids)`` gives
+logits; ``generate`` takes ``transformers``' usual generation arguments and runs the project's own
+generation loop (:func:`.generate.generate`, the one ``train_side eval`` runs), so its tokens are
+those of ``eval`` for the same prompts and seed.
+
+Why not ``transformers.GenerationMixin``: a step here is backbone (its KV cache) -> codec
+round-trip -> side network (a second KV cache) -> frozen head. GenerationMixin owns one cache
+object per model and drives it through ``prepare_inputs_for_generation`` and a PreTrainedModel's
+config; it would have to own both caches and a CPU round-trip it cannot see, through internals
+that change between transformers releases, and its sampling (the global RNG, top_k=50 by default)
+would not give ``eval``'s tokens. The arguments users know are accepted by name instead; anything
+else is refused with a one-line error rather than ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from extract.backbones import Backbone, same_backbone
+from extract.tasks.prompts import encode_prompt, format_prompt
+from featurestore import get_codec
+from featurestore.errors import UserError
+
+from .checkpoint import Checkpoint, load_side
+from .evaluate import _reload_backbone
+from .generate import Pipeline, generate
+from .hub import fetch_run
+from .model import FrozenHead
+
+SUPPORTED = ("max_new_tokens", "max_length", "do_sample", "temperature", "top_p", "top_k", "eos_token_id",
+             "pad_token_id", "streamer", "generation_config", "seed", "use_cache", "attention_mask")
+
+
+class GenerationArgumentError(UserError, ValueError):
+    """A generation argument this model does not implement; the message lists those it does."""
+
+
+@dataclass
+class SideModelOutput:
+    """What ``model(input_ids)`` returns, as transformers' CausalLMOutputWithPast: ``logits`` (B, T, V)
+    and, with ``use_cache``, ``past_key_values`` to continue from (both models' caches)."""
+
+    logits: Tensor
+    past_key_values: dict | None = None
+
+    def __getitem__(self, i):  # output[0] is the logits, as with transformers' outputs
+        return (self.logits, self.past_key_values)[i]
+
+
+class SideModel:
+    """Backbone -> codec round-trip -> side network -> frozen head, loaded from a trained run."""
+
+    def __init__(self, pipeline: Pipeline, checkpoint: Checkpoint, run: Path):
+        self.pipeline, self.checkpoint, self.run = pipeline, checkpoint, run
+        self.backbone: Backbone = pipeline.backbone
+        self.tokenizer = pipeline.backbone.tokenizer
+        template = checkpoint.store.provenance.template or {"name": "plain"}
+        self.template: str = template["name"]
+        self.eos_token_ids: list[int] = sorted({self.tokenizer.eos_token_id, template.get("eos_token_id")} - {None})
+
+    @classmethod
+    def from_pretrained(cls, run: str | Path, *, device: str = "auto", backbone: Backbone | None = None,
+                        backbone_only: bool = False) -> SideModel:
+        """Loads the side network of ``run`` (a run directory, or ``hf://ORG/NAME[@REVISION]``) on the
+        backbone its store was extracted from, reloaded exactly (another is refused). Pass
+        ``backbone`` (e.g. ``other.backbone``) to share one loaded backbone between side networks;
+        ``backbone_only`` gives the backbone alone, the baseline, through the same interface."""
+        path = fetch_run(run)
+        checkpoint = Checkpoint.load(path)
+        wanted = checkpoint.store.provenance.model
+        if backbone is None:
+            backbone = _reload_backbone(wanted, device)
+        elif differences := same_backbone(backbone.info, wanted):
+            raise GenerationArgumentError(f"the backbone passed differs from the one {run} was trained on "
+                                          f"({', '.join(differences)}); load it with from_pretrained({str(run)!r})")
+        head = FrozenHead(*backbone.head()).to(backbone.device)
+        side = None if backbone_only else load_side(path, backbone.device)[0]
+        return cls(Pipeline(backbone, head, side, get_codec(checkpoint.store.codec)), checkpoint, path)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.device
+
+    def format(self, question: str) -> str:
+        """The prompt text of ``question`` in the run's own template (plain or the chat template),
+        ready for the tokenizer; the answer is generated after it."""
+        return format_prompt(self.tokenizer, question, self.template)
+
+    def encode(self, question: str) -> list[int]:
+        """The prompt ids of ``question`` exactly as training saw prompts (special prefix included)."""
+        return encode_prompt(self.tokenizer, question, self.template)
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None, past_key_values: dict | None = None,
+                 use_cache: bool = False) -> SideModelOutput:
+        """Logits (B, T, V) of ``input_ids`` (B, T), continuing ``past_key_values`` when given;
+        ``attention_mask`` (B, past + T) is 0 on left padding."""
+        input_ids = torch.as_tensor(input_ids, device=self.device)
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        caches = past_key_values if past_key_values is not None else self.pipeline.start()
+        if attention_mask is None:
+            past = caches["backbone"].get_seq_length()
+            attention_mask = torch.ones(input_ids.shape[0], past + input_ids.shape[1], dtype=torch.long)
+        logits = self.pipeline.step(input_ids, torch.as_tensor(attention_mask, device=self.device), caches)
+        return SideModelOutput(logits, caches if use_cache else None)
+
+    forward = __call__
+
+    def generate(self, input_ids: Tensor | list | None = None, attention_mask: Tensor | None = None,
+                 **kwargs) -> Tensor:
+        """Generates after each row of ``input_ids`` (B, T; left or right padding marked by
+        ``attention_mask``) and returns the rows followed by their new tokens (B, T + new), padded
+        with ``pad_token_id`` after EOS, as transformers does. Arguments, by transformers' names:
+        ``max_new_tokens`` (default 128) or ``max_length``, ``do_sample`` (default greedy),
+        ``temperature``, ``top_p``, ``top_k`` (default 0: off, as ``train_side eval`` samples),
+        ``eos_token_id`` (default: the tokenizer's and the template's; ``[]`` for none),
+        ``pad_token_id``, ``streamer`` (a ``TextStreamer``, batch size 1), ``generation_config``
+        (its fields are the defaults of the others), and ``seed`` (default: drawn from torch's
+        global generator, so ``torch.manual_seed`` makes sampling repeat)."""
+        options = self._options(kwargs)
+        ids = torch.as_tensor(input_ids if input_ids is not None else kwargs.get("inputs"), dtype=torch.long)
+        ids = ids[None] if ids.dim() == 1 else ids
+        mask = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask).to(ids.device)
+        prompts = [row[keep.bool()].tolist() for row, keep in zip(ids.cpu(), mask.cpu())]
+        if not all(prompts):
+            raise GenerationArgumentError("a row of input_ids has no real token (its attention_mask is all 0)")
+        max_new = options["max_new_tokens"]
+        if max_new is None:
+            max_new = 128 if options["max_length"] is None else options["max_length"] - ids.shape[1]
+        sampling = bool(options["do_sample"])
+        seed = options["seed"]
+        if seed is None:
+            seed = int(torch.randint(2**62, (1,))) if sampling else 0
+        eos = options["eos_token_id"]
+        eos = set(self.eos_token_ids if eos is None else [eos] if isinstance(eos, int) else eos)
+        pad = options["pad_token_id"]
+        pad = self.tokenizer.pad_token_id if pad is None else pad
+        streamer = options["streamer"]
+        on_step = None
+        if streamer is not None:
+            streamer.put(ids.cpu())
+            finished = torch.zeros(len(prompts), dtype=torch.bool)
+
+            def on_step(tokens: Tensor) -> None:
+                tokens = tokens.cpu().masked_fill(finished, pad)
+                streamer.put(tokens)
+                finished.logical_or_(torch.tensor([t in eos for t in tokens.tolist()]))
+
+        outputs = generate(self.pipeline, prompts, max_new_tokens=max(max_new, 0), pad_id=pad,
+                           stop=lambda tokens: tokens[-1] in eos,
+                           temperature=float(options["temperature"]) if sampling else 0.0,
+                           top_p=float(options["top_p"]), top_k=int(options["top_k"] or 0), seed=seed,
+                           on_step=on_step)
+        if streamer is not None:
+            streamer.end()
+        width = max(map(len, outputs))
+        new = torch.full((len(outputs), width), pad, dtype=torch.long)
+        for i, tokens in enumerate(outputs):
+            new[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        return torch.cat([ids, new.to(ids.device)], dim=1)
+
+    def _options(self, kwargs: dict) -> dict:
+        """The generation settings: explicit arguments over ``generation_config``'s over defaults."""
+        kwargs = dict(kwargs)
+        kwargs.pop("inputs", None)
+        unknown = sorted(set(kwargs) - set(SUPPORTED))
+        if unknown:
+            raise GenerationArgumentError(f"generate() does not implement {', '.join(unknown)}; it takes "
+                                          f"{', '.join(SUPPORTED)}")
+        if kwargs.pop("use_cache", True) is False:
+            raise GenerationArgumentError("generate() always uses both KV caches; drop use_cache=False")
+        options = {"max_new_tokens": None, "max_length": None, "do_sample": False, "temperature": 1.0, "top_p": 1.0,
+                   "top_k": 0, "eos_token_id": None, "pad_token_id": None, "streamer": None, "seed": None}
+        config = kwargs.pop("generation_config", None)
+        if config is not None:
+            for key in ("max_new_tokens", "max_length", "do_sample", "temperature", "top_p", "top_k", "eos_token_id",
+                        "pad_token_id"):
+                if getattr(config, key, None) is not None:
+                    options[key] = getattr(config, key)
+            if getattr(config, "num_beams", 1) not in (None, 1):
+                raise GenerationArgumentError("beam search is not implemented; use num_beams=1")
+        options.update(kwargs)
+        if options["do_sample"] and not options["temperature"] > 0:
+            raise GenerationArgumentError("do_sample=True needs temperature > 0; use do_sample=False for greedy")
+        if not 0 < options["top_p"] <= 1:
+            raise GenerationArgumentError(f"top_p must be in (0, 1], not {options['top_p']}")
+        return options
