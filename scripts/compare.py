@@ -58,6 +58,11 @@ METHODS = (*PEFT_METHODS, "live-lst", *SIDE_METHODS)
 LADDER = {"kind": "ladder", "every": 3, "reduction": 4}  # the demo's Ladder: every 3rd block, width d/4
 XLADDER_DELTA = 2
 PROBE_BATCHES = 3  # peak memory: a fresh process trains on the largest batches
+LEVERS = {  # known ways to close a gap to QLoRA: each changes one thing of the Ladder trained from the store
+    "wider (d/2)": {"reduction": 2},
+    "every block tapped": {"every": 1},
+    "3x the steps": {"epochs": 3},
+}
 
 
 @dataclass
@@ -288,6 +293,19 @@ def train_from_store(setup: Setup, store: FeatureStore, out: Path) -> dict:
     return {"sweep_seconds": seconds, "runs": results}
 
 
+def train_levers(setup: Setup, store: FeatureStore, lr: float, out: Path) -> dict:
+    """The Ladder with each lever of LEVERS, at the Ladder's chosen learning rate, from the store."""
+    results = {}
+    for name, change in LEVERS.items():
+        epochs = change.get("epochs", setup.epochs)
+        side = replace(side_configs(store)["ladder"], **{k: v for k, v in change.items() if k != "epochs"})
+        [run] = fit(store, [(name, out / name, side, OptimConfig(lr=lr))], replace(setup.data, epochs=epochs),
+                    device=setup.device, progress=True)
+        results[name] = {"train_seconds": run.seconds, "val_loss": run.val_loss, "trainable": run.model.n_parameters(),
+                         "steps": run.step}
+    return results
+
+
 # --- workers: each in a fresh process ----------------------------------------------------------
 
 
@@ -304,6 +322,8 @@ def worker(job: dict) -> dict:
         return train_peft(setup, job["method"], job["lr"], store, schedule(store, setup), out)
     if kind == "train" and job["method"] == "live-lst":
         return train_live_lst(setup, store, schedule(store, setup), out)
+    if kind == "train" and job["method"] == "levers":
+        return train_levers(setup, store, job["lr"], out)
     if kind == "train":
         return train_from_store(setup, store, out)
     return evaluate_method(setup, job["method"], store, Path(job["checkpoint"]) if job.get("checkpoint") else None,
@@ -450,6 +470,24 @@ def compare(setup: Setup, out: Path, methods: tuple[str, ...]) -> dict:
     return results.data
 
 
+def levers(setup: Setup, out: Path) -> dict:
+    """Trains and evaluates the Ladder with each lever (after :func:`compare`, whose Ladder it changes)."""
+    results = Results(out / "compare.json", setup)
+    store_path = prepare_store(setup, out)[0]
+    lr = results.get("methods", "ladder", "lr")
+    if lr is None:
+        raise SystemExit("--levers changes the Ladder of a finished comparison: run it with the ladder method first")
+    job = lambda **kw: {"setup": asdict(setup), "store": str(store_path), **kw}
+    trained = results.once(lambda: in_fresh_process(job(kind="train", method="levers", lr=lr,
+                                                        out=str(out / "levers")), out / "levers"), "lever_runs")
+    for name, run in trained.items():
+        evaluation = results.once(lambda: in_fresh_process(
+            job(kind="eval", method="ladder", checkpoint=str(out / "levers" / name), out=str(out / "eval" / name)),
+            out / "eval" / name), "eval", name)
+        results.put({"lr": lr, **run, **evaluation}, "levers", name)
+    return results.data
+
+
 def sweep_seconds(method: str, runs: dict, results: Results, setup: Setup) -> float:
     """What the whole lr grid costs: one run per lr, or for the side networks from the store, the
     extraction plus one shared pass (which trains the Ladder's and the xLadder's grids together)."""
@@ -512,6 +550,13 @@ def report(data: dict, out: Path) -> str:
         lines.append(f"| {method} | {r['lr']:g} ({grid}) | {r['accuracy']:.1%} | {r['mean_cot_tokens']:.1f} | "
                      f"{r['trainable'] / 1e6:.2f} M | {r['train_seconds']:.0f} s | {r['peak_mb']:.0f} MB | "
                      f"{r['sweep_seconds']:.0f} s |")
+    if data.get("levers"):
+        lines += ["", f"Levers on the Ladder from the store (lr {m['ladder']['lr']:g}; the Ladder above: "
+                      f"{m['ladder']['accuracy']:.1%}, validation loss {m['ladder']['val_loss']:.4f}):", "",
+                  "| lever | accuracy | mean CoT | trainable | steps | train time | validation loss |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {r['accuracy']:.1%} | {r['mean_cot_tokens']:.1f} | {r['trainable'] / 1e6:.2f} M | "
+                  f"{r['steps']} | {r['train_seconds']:.0f} s | {r['val_loss']:.4f} |" for name, r in data["levers"].items()]
     lines += ["", "| claim | verdict | measured |", "|---|---|---|"]
     lines += [f"| {c} | {v} | {n} |" for c, v, n in claims(data)]
     text = "\n".join(lines) + "\n"
@@ -548,6 +593,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/compare", help="Directory of the results (a rerun continues).")
     parser.add_argument("--quick", action="store_true", help="Every method on a small budget.")
     parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated subset of " + ", ".join(METHODS))
+    parser.add_argument("--levers", action="store_true",
+                        help="Then train and evaluate the Ladder with each lever: " + "; ".join(LEVERS))
     for f in Setup.__dataclass_fields__.values():
         if f.name in ("peft_lrs", "side_lrs"):
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=lambda s: [float(x) for x in s.split(",")])
@@ -572,6 +619,8 @@ def main() -> None:
     out = Path(args.out)
     start = time.perf_counter()
     data = compare(setup, out, methods)
+    if args.levers:
+        data = levers(setup, out)
     print(report(data, out))
     print(f"whole comparison: {(time.perf_counter() - start) / 60:.1f} min this run; results in {out}/compare.json, "
           f"compare.md, compare.png")

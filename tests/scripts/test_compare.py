@@ -35,5 +35,11 @@ def test_compare_runs_every_method_on_a_tiny_model(tmp_path, tiny_llama):
     report = (tmp_path / "compare.md").read_text()
     assert "| backbone alone |" in report and "(a) Ladder accuracy within 3 points" in report
     assert (tmp_path / "compare.png").stat().st_size > 0
-    again = helpers.run(command, timeout=300, cwd=REPO, capture_output=True, text=True)
-    assert again.returncode == 0 and json.loads((tmp_path / "compare.json").read_text()) == data  # a rerun reuses
+    again = helpers.run([*command, "--levers"], timeout=600, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads((tmp_path / "compare.json").read_text())
+    assert rerun["methods"] == methods and rerun["runs"] == data["runs"]  # a rerun reuses what is done
+    assert list(rerun["levers"]) == ["wider (d/2)", "every block tapped", "3x the steps"]
+    assert rerun["levers"]["3x the steps"]["steps"] == 3 * steps
+    assert rerun["levers"]["wider (d/2)"]["trainable"] > methods["ladder"]["trainable"]
+    assert "Levers on the Ladder" in (tmp_path / "compare.md").read_text()
