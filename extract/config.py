@@ -44,6 +44,9 @@ class ExtractConfig:
         f"{', '.join(CODECS)} (int8o: ~3x smaller than fp16, <=2% error per token)."))
     token_budget: int = field(default=4096, metadata=_help("Padded tokens per forward batch (part of the fingerprint: "
                                                            "batch composition changes float results).", min=1))
+    encode: str = field(default="auto", metadata=_help(
+        "Where hidden states are encoded: auto (on the GPU when the backbone runs on one, else the CPU), "
+        "host or device. The stored bytes are the same.", choices=("auto", "host", "device")))
     chunk_mb: float = field(default=4.0, metadata=_help(
         "Target chunk size of the stored arrays (a shard holds 2 chunks).", min=0, min_open=True))
     limit: int | None = field(default=None, metadata=_help("Keep the first N examples (arith: generate N)."))

@@ -10,6 +10,9 @@ import torch
 from featurestore import BackgroundWriter, Codec, StoreWriter, TokenTable
 
 from .backbones.check import CHECK_ROWS, CHECK_TOKENS, check_head
+from .encode import to_host
+
+ENCODE_WHERE = ("auto", "host", "device")
 
 
 def padded_batch(tokens: TokenTable, first: int, last: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,11 +42,18 @@ def extract_batches(
     batches: list[tuple[int, int]],
     writer: StoreWriter,
     progress: Callable[[int], None] = lambda n: None,
+    encode: str = "auto",
 ) -> int:
     """Runs the backbone over every batch the writer still needs and writes its hidden states
     (padding stripped) through a background thread, so the model never waits on encoding or disk.
-    Returns the number of tokens computed."""
+    Returns the number of tokens computed.
+
+    ``encode``: where the codec runs. ``host``: rows come to the CPU as float32 and the writer
+    encodes them (numpy); ``device``: ``extract.encode`` encodes them where the backbone computed
+    them and only the codes travel (pinned buffers, asynchronous copies on CUDA); the bits are the
+    same. ``auto``: on the device when it is a GPU."""
     pad_id = backbone.tokenizer.pad_token_id
+    on_device = encode == "device" or encode == "auto" and backbone.device.type == "cuda"
     computed = 0
     with BackgroundWriter(writer, max_pending=2) as background:
         for first, last in batches:
@@ -53,8 +63,12 @@ def extract_batches(
             ids, mask = padded_batch(tokens, first, last, pad_id)
             states = backbone.hidden_states(ids.to(backbone.device), mask.to(backbone.device))
             real = mask.to(backbone.device).bool()
-            rows = {k: states[k][real].float().cpu().numpy() for k in layers}  # (tokens, d) in store order
-            background.write(start, rows)
+            if on_device:
+                host = to_host(writer.codec, {k: states[k][real] for k in layers})  # (tokens, d) in store order
+                background.write_encoded(start, host.encoded, ready=host.wait)
+            else:
+                rows = {k: states[k][real].float().cpu().numpy() for k in layers}  # (tokens, d) in store order
+                background.write(start, rows)
             computed += stop - start
             progress(stop - start)
     return computed

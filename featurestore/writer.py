@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import math
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -32,6 +34,9 @@ from .integrity import INTEGRITY
 
 MARKER = "ladder-cache feature store"
 ENCODE_ROWS = 512  # rows encoded at a time: ~1 MB of float32 for d = 576, cache-sized
+
+# one layer's encoded rows: codec parts, per-row max |x| (float32), per-row sum x^2 (float64)
+EncodedRows = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]
 
 
 def tool_version() -> str:
@@ -242,12 +247,39 @@ class StoreWriter:
     def write(self, start: int, rows: dict[int, np.ndarray]) -> None:
         """Rows for tokens [start, start + n) of every layer. Tokens already written (earlier
         shards, a resumed run) or owned by another writer are dropped."""
+        self.write_encoded(start, self.encode(rows))
+
+    def encode(self, rows: dict[int, np.ndarray]) -> dict[int, EncodedRows]:
+        """Float32 rows of every layer, encoded by the store's codec with their per-row stats, in
+        blocks small enough to stay in the CPU cache through the codec's passes (about twice as
+        fast as whole batches; rows are independent). Thread-safe: a pool may encode batches at once."""
         if set(rows) != set(self.spec.layers):
             raise ValueError(f"expected layers {list(self.spec.layers)}, got {sorted(rows)}")
         n = len(next(iter(rows.values())))
+        encoded = {}
         for k, x in rows.items():
             if x.shape != (n, self.spec.hidden_size):
                 raise ValueError(f"layer {k}: expected shape ({n}, {self.spec.hidden_size}), got {x.shape}")
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            with np.errstate(invalid="ignore", over="ignore"):  # inf / nan rows are refused by their absmax
+                blocks = [self.codec.encode_rows(b) for b in np.split(x, range(ENCODE_ROWS, len(x), ENCODE_ROWS))]
+            if len(blocks) == 1:
+                encoded[k] = blocks[0]
+            else:
+                parts = {name: np.concatenate([b[0][name] for b in blocks]) for name in blocks[0][0]}
+                encoded[k] = (parts, np.concatenate([b[1] for b in blocks]), np.concatenate([b[2] for b in blocks]))
+        return encoded
+
+    @disk_errors
+    def write_encoded(self, start: int, encoded: dict[int, EncodedRows]) -> None:
+        """``write`` of rows already encoded (``encode``, or a device encoder giving the same bits:
+        ``extract.encode``): per layer (parts, per-row absmax, per-row energy)."""
+        if set(encoded) != set(self.spec.layers):
+            raise ValueError(f"expected layers {list(self.spec.layers)}, got {sorted(encoded)}")
+        n = len(next(iter(encoded.values()))[1])
+        for k, (parts, absmax, energy) in encoded.items():
+            if set(parts) != set(self.codec.parts()) or any(len(p) != n for p in parts.values()) or len(energy) != n:
+                raise ValueError(f"layer {k}: expected parts {list(self.codec.parts())} of {n} rows")
         end = start + n
         if end > self.tokens.n_tokens:
             raise ValueError(f"tokens {start}..{end} run past the store's {self.tokens.n_tokens} tokens")
@@ -259,34 +291,30 @@ class StoreWriter:
             if shard in self._todo:
                 if pos != (lo if self._filled < 0 else self._filled):
                     raise ValueError(f"tokens {lo if self._filled < 0 else self._filled}..{pos} were never written")
-                self._buffer(shard, {k: x[pos - start : stop - start] for k, x in rows.items()})
+                a, b = pos - start, stop - start
+                self._buffer({k: ({name: p[a:b] for name, p in parts.items()}, absmax[a:b], energy[a:b])
+                              for k, (parts, absmax, energy) in encoded.items()})
                 self._filled = stop
                 if stop == hi:
                     self._flush(shard)
             pos = stop
         self._cursor = max(self._cursor, end)
 
-    def _buffer(self, shard: int, rows: dict[int, np.ndarray]) -> None:
-        """Checks, measures and encodes rows, in blocks small enough to stay in the CPU cache
-        through the codec's passes (about twice as fast as whole batches; rows are independent)."""
-        for k, x in rows.items():
-            x = np.ascontiguousarray(x, dtype=np.float32)
-            for block in np.split(x, range(ENCODE_ROWS, len(x), ENCODE_ROWS)):
-                self._check_and_measure(k, block)
-                self._pending.setdefault(k, []).append(self.codec.encode(block))
-
-    def _check_and_measure(self, layer: int, x: np.ndarray) -> None:
-        absmax = max(float(x.max(initial=0)), -float(x.min(initial=0)))  # no |x| temporary
-        if not np.isfinite(absmax):
-            raise CodecError(f"layer {layer}: hidden states contain inf or nan")
-        if absmax > self.codec.max_abs:
-            raise CodecError(
-                f"layer {layer}: values reach {absmax:.6g}, beyond codec {self.codec.name}'s range "
-                f"(±{self.codec.max_abs:g}); use --codec bf16 (same size, float32 range)"
-            )
-        stat = self._stats.setdefault(layer, [0.0, 0.0])
-        stat[0] = max(stat[0], absmax)
-        stat[1] += float(np.einsum("ij,ij->i", x, x).sum(dtype=np.float64))
+    def _buffer(self, encoded: dict[int, EncodedRows]) -> None:
+        """Checks and measures encoded rows (their absmax and energy), then holds them for the shard."""
+        for k, (parts, absmax, energy) in encoded.items():
+            top = float(absmax.max(initial=0))
+            if not np.isfinite(top) or not np.isfinite(absmax).all():
+                raise CodecError(f"layer {k}: hidden states contain inf or nan")
+            if top > self.codec.max_abs:
+                raise CodecError(
+                    f"layer {k}: values reach {top:.6g}, beyond codec {self.codec.name}'s range "
+                    f"(±{self.codec.max_abs:g}); use --codec bf16 (same size, float32 range)"
+                )
+            stat = self._stats.setdefault(k, [0.0, []])
+            stat[0] = max(stat[0], top)
+            stat[1].append(energy)
+            self._pending.setdefault(k, []).append(parts)
 
     def _flush(self, shard: int) -> None:
         lo, hi = self.geometry.shard_range(shard)
@@ -298,7 +326,8 @@ class StoreWriter:
                 writes.append(array._async_array.setitem(slice(lo, hi), np.concatenate([c[name] for c in chunks])))
                 keys.append(f"{array.path}/{array.metadata.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))}")
         sync(_gather(writes))  # one request for the whole shard: Zarr compresses arrays concurrently
-        stats = {str(k): {"absmax": a, "sumsq": s} for k, (a, s) in self._stats.items()}
+        # an exactly rounded sum: the same bits however the rows were batched or encoded
+        stats = {str(k): {"absmax": a, "sumsq": math.fsum(np.concatenate(e).tolist())} for k, (a, e) in self._stats.items()}
         checksums = {key: self._store.digests.pop(key) for key in keys}
         write_manifest(self._store, L.shard_manifest(shard), {"tokens": [lo, hi], "checksums": checksums, "stats": stats})
         self._todo.discard(shard)
@@ -370,12 +399,19 @@ def _json(obj) -> str:
 class BackgroundWriter:
     """Runs a writer's ``write`` calls on a thread, so the producer (a model) never waits on
     encoding or disk. A bounded queue gives back-pressure; a writer error is raised in the
-    producer at its next call."""
+    producer at its next call.
 
-    def __init__(self, writer: StoreWriter, max_pending: int = 4):
+    ``threads`` > 1 encodes up to that many batches at once on a pool (numpy releases the GIL in
+    its loops), while one thread buffers and writes them in order; Zarr compresses and checksums a
+    shard's chunks on its own thread pool either way. ``write_encoded`` takes rows a device has
+    already encoded, with an optional ``ready`` callable the writer thread calls first (e.g. to wait
+    for asynchronous copies into host memory)."""
+
+    def __init__(self, writer: StoreWriter, max_pending: int = 4, threads: int = 1):
         self.writer = writer
         self._queue: queue.Queue = queue.Queue(max_pending)
         self._error: BaseException | None = None
+        self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="store-encoder") if threads > 1 else None
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
 
@@ -383,7 +419,13 @@ class BackgroundWriter:
         while (item := self._queue.get()) is not None:
             if self._error is None:
                 try:
-                    self.writer.write(*item)
+                    start, kind, payload, ready = item
+                    if ready is not None:
+                        ready()
+                    if kind == "rows":
+                        self.writer.write(start, payload)
+                    else:
+                        self.writer.write_encoded(start, payload.result() if kind == "future" else payload)
                 except BaseException as e:  # noqa: BLE001 - re-raised in the producer
                     self._error = e
 
@@ -393,13 +435,25 @@ class BackgroundWriter:
 
     def write(self, start: int, rows: dict[int, np.ndarray]) -> None:
         self._raise()
-        self._queue.put((start, rows))
+        if self._pool is None:
+            self._queue.put((start, "rows", rows, None))
+        else:
+            self._queue.put((start, "future", self._pool.submit(self.writer.encode, rows), None))
+
+    def write_encoded(self, start: int, encoded: dict[int, EncodedRows], ready: Callable[[], None] | None = None) -> None:
+        self._raise()
+        self._queue.put((start, "encoded", encoded, ready))
 
     def join(self) -> None:
         """Waits for every queued write; raises the writer's error if one happened."""
         self._queue.put(None)
         self._thread.join()
+        self._shutdown()
         self._raise()
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> BackgroundWriter:
         return self
@@ -411,3 +465,4 @@ class BackgroundWriter:
             self._error = self._error or exc
             self._queue.put(None)
             self._thread.join()
+            self._shutdown()
