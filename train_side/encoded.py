@@ -55,6 +55,9 @@ class Encoded:
     def to(self, device: torch.device, non_blocking: bool = False) -> Encoded:
         return Encoded(self.codec, {k: p.to(device, non_blocking=non_blocking) for k, p in self.parts.items()})
 
+    def pin_memory(self) -> Encoded:
+        return Encoded(self.codec, {k: p.pin_memory() for k, p in self.parts.items()})
+
 
 def _decode(codec: str, names: tuple[str, ...], *tensors: Tensor) -> Tensor:
     return DECODERS[codec](dict(zip(names, tensors)))

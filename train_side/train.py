@@ -22,7 +22,7 @@ from featurestore.errors import UserError
 from . import checkpoint, rundir
 from .checkpoint import Checkpoint, TrainedFrom
 from .config import DataConfig, OptimConfig
-from .data import Batch, epoch_order, plan, read_ahead, split_examples
+from .data import Batch, epoch_order, loader_settings, plan, read_ahead, split_examples
 from .loss import next_token_loss
 from .model import FrozenHead, SideConfig, SideNetwork
 from .plots import loss_curve
@@ -202,7 +202,8 @@ def _fit(store: FeatureStore, runs_spec: list[tuple[str, Path, SideConfig, Optim
             for name, out, side, optim in runs_spec]
     for run in runs:
         run.resume() if resume else run.start_fresh()
-    validation = [b.to(device) for b in read_ahead(store, val_batches, layers)]
+    loader = loader_settings(device)
+    validation = [b.to(device) for b in read_ahead(store, val_batches, layers, **loader)]
     start_step = min(run.step for run in runs)
     if any(run.step != start_step for run in runs):
         raise TrainError("the runs of this job stopped at different steps; resume them separately")
@@ -213,7 +214,7 @@ def _fit(store: FeatureStore, runs_spec: list[tuple[str, Path, SideConfig, Optim
             done = start_step - epoch * len(train_batches) if epoch == start_step // len(train_batches) else 0
             batches = [train_batches[i] for i in order[done:]]
             tick = time.perf_counter()
-            for batch in read_ahead(store, batches, layers):
+            for batch in read_ahead(store, batches, layers, **loader):
                 batch = batch.to(device)
                 losses = [run.train_step(batch) for run in runs]
                 elapsed, tick = time.perf_counter() - tick, time.perf_counter()
