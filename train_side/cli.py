@@ -25,7 +25,15 @@ def main() -> None:
 
     Training reads hidden states from the store only: no backbone is loaded, so many runs fit on
     a small GPU or a CPU. `sweep` trains a grid of settings over one pass of the data. STORE is a
-    path or a URL (http(s)://, s3://, gs://, file://), read through a local cache (--cache-dir).
+    path or a URL (http(s)://, s3://, gs://, file://, hf://datasets/ORG/NAME), read through a local
+    cache (--cache-dir).
+
+    \b
+    Then use what you trained:
+      train_side eval RUN                  accuracy on the store's dataset's test split
+      train_side generate RUN "question"   your own prompts, streamed (or --chat)
+      train_side push RUN hf://ORG/NAME    share it; RUN may be hf://ORG/NAME wherever a run is read
+    In Python: from train_side import SideModel; SideModel.from_pretrained(RUN).generate(...)
     """
 
 

@@ -191,3 +191,15 @@ def test_cli_one_line_errors(run, tmp_path):
     assert both.exit_code == 2 and "--chat reads questions interactively" in both.output
     bad = runner.invoke(main, ["generate", str(run), "hi", "--top-p", "0"])
     assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_padded_tokenizer_batch_equals_each_prompt_alone(model, side, monkeypatch):
+    questions = [e.question for e in load_examples("arith", "test", limit=3)[0]]
+    monkeypatch.setattr(model.tokenizer, "padding_side", side)
+    batch = model.tokenizer([model.format(q) for q in questions], padding=True, return_tensors="pt")
+    out = model.generate(**batch, max_new_tokens=6)
+    width = batch["input_ids"].shape[1]
+    for q, row in zip(questions, out[:, width:].tolist()):
+        alone = model.generate([model.encode(q)], max_new_tokens=6)[0, len(model.encode(q)):].tolist()
+        assert row[: len(alone)] == alone
