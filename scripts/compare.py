@@ -452,15 +452,15 @@ def compare(setup: Setup, out: Path, methods: tuple[str, ...]) -> dict:
                                                       out / "side"), "side_sweep")
         return sweep["runs"][method]
 
+    for method in methods:  # first, as it takes minutes: the peak memory of every method
+        results.once(lambda: in_fresh_process(job(kind="probe", method=method, out=str(out / "probe" / method)),
+                                              out / "probe" / method)["peak_mb"], "peak_mb", method)
     for method in methods:
         runs = trained(method)
         lr = min(runs, key=lambda k: runs[k]["val_loss"])
         checkpoint = out / ("side" if method in SIDE_METHODS else "") / method / f"lr={lr}"
         row = {"lr": float(lr), "lrs": {k: r["val_loss"] for k, r in runs.items()}, **runs[lr],
-               "sweep_seconds": sweep_seconds(method, runs, results, setup)}
-        row["peak_mb"] = results.once(lambda: in_fresh_process(
-            job(kind="probe", method=method, out=str(out / "probe" / method)), out / "probe" / method)["peak_mb"],
-            "peak_mb", method)
+               "sweep_seconds": sweep_seconds(method, runs, results, setup), "peak_mb": results.get("peak_mb", method)}
         row |= results.once(lambda: in_fresh_process(
             job(kind="eval", method=method, checkpoint=str(checkpoint), out=str(out / "eval" / method)),
             out / "eval" / method), "eval", method)
