@@ -31,6 +31,7 @@ def main(**options) -> None:
       extract                                    # SmolLM2-135M over the arith train split
       extract --split test --limit 200
       extract --model ./my-llama --quantization nf4 --dataset gsm8k.jsonl --layers every:2
+      extract --model ./my-llama --layers all --dry-run   # tokens, store size, time; no weights load
       torchrun --nproc-per-node 4 -m extract --model ./my-llama --root /shared/stores
     """
     quiet_libraries()
@@ -42,6 +43,11 @@ def main(**options) -> None:
         raise click.ClickException("interrupted; finished shards are kept: rerun with --resume to continue") from None
     if not Ranks.from_env().leader:
         return  # rank 0 reports for every rank
+    if result.dry_run:
+        click.echo("\n".join(result.estimate.lines()))
+        click.echo(f"cache hit: {result.store} already holds this store" if result.cached
+                   else f"would write {result.store} (fingerprint {result.fingerprint[:12]}); nothing was loaded or written")
+        return
     if result.cached:
         click.echo(f"cache hit: {result.store} already holds this store (fingerprint {result.fingerprint[:12]}); "
                    "nothing to compute")

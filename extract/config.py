@@ -53,5 +53,8 @@ class ExtractConfig:
     seed: int = field(default=0, metadata=_help("Seed of the arith generator."))
     resume: bool = field(default=False, metadata=_help(
         "Continue an interrupted extraction after its last finished shard."))
+    dry_run: bool = field(default=False, metadata=_help(
+        "Print the estimate (tokens, store size, time, writer bottleneck) and stop: no weights load, nothing is "
+        "written."))
     name: str | None = field(default=None, metadata=_help(
         "Store directory name (default: <model>-<dataset>-<split>-<fingerprint>)."))

@@ -20,6 +20,7 @@ from .backbones import Backbone, resolve_backbone
 from .config import ExtractConfig
 from .distributed import Ranks
 from .errors import DistributedError
+from .estimate import Estimate, estimate
 from .loop import checked_head, extract_batches
 from .plan import Layout, parse_layers, tokenize
 from .provenance import Provenance
@@ -38,6 +39,8 @@ class Extraction:
     n_skipped: int
     computed_tokens: int
     seconds: float
+    estimate: Estimate | None = None  # what extract.estimate projected before it ran
+    dry_run: bool = False  # only estimated: nothing was loaded or written
 
     @property
     def tokens_per_second(self) -> float:
@@ -69,15 +72,24 @@ def extract(config: ExtractConfig | str | None = None, *, progress: bool = True,
     spec = store_spec(source, dataset_info, config)
     fingerprint = spec.fingerprint(layout.tokens)
     root = Path(config.root)
-    root.mkdir(parents=True, exist_ok=True)
     new_store = root / (config.name or store_name(config.model, dataset_info, fingerprint))
+    projected = estimate(layout.tokens.n_tokens // ranks.world_size, source.info, spec.layers, spec.codec.name,
+                         str(source.device), config.encode)
     result = dict(fingerprint=fingerprint, n_examples=layout.tokens.n_examples, n_tokens=layout.tokens.n_tokens,
-                  n_truncated=layout.n_truncated, n_skipped=layout.n_skipped)
+                  n_truncated=layout.n_truncated, n_skipped=layout.n_skipped, estimate=projected)
+    if config.dry_run:
+        found = catalog.find(root, fingerprint) if root.is_dir() else None
+        complete = bool(found and found[1].get("complete"))
+        return Extraction(store=found[0] if found else new_store, **result, cached=complete, computed_tokens=0,
+                          seconds=0.0, dry_run=True)
+    root.mkdir(parents=True, exist_ok=True)
     with ranks.joined(source.device), ExitStack() as held:
         # rank 0 picks the store for every rank, holding the fingerprint's lock till the end
         path, complete = ranks.from_leader(lambda: held.enter_context(claim(root, fingerprint, new_store)))
         if complete:
             return Extraction(store=path, **result, cached=True, computed_tokens=0, seconds=0.0)
+        if progress and ranks.leader:
+            print("\n".join(projected.lines()), file=sys.stderr, flush=True)
         job = Job(source.load(), spec, layout, path, ranks, config, progress)
         computed, seconds = job.run()
     return Extraction(store=path, **result, cached=False, computed_tokens=computed, seconds=seconds)

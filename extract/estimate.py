@@ -1,0 +1,140 @@
+"""What an extraction will cost, before it runs: tokens, store size, time, and whether the writer
+(not the forward) would be the bottleneck. ``extract --dry-run`` prints it; ``extract`` prints it
+before it starts; ``scripts/bench_writer.py`` projects the same arithmetic to 1B-70B models.
+
+The constants are measurements (say where) or stated assumptions; an estimate is as good as they are:
+
+- forward speed on a GPU: model FLOPs (2 x parameters per token) at ``MFU`` of the GPU's bf16 peak;
+  on a CPU, FLOPs at ``CPU_GFLOPS_PER_CORE`` (SmolLM2-135M fp32 ran at 462 tokens/s on this
+  2-core machine: 2 x 135e6 x 462 / 2 = 62 GFLOP/s per core);
+- store bytes per value: ``featurestore.codecs``' measured sizes (SmolLM2 hidden states,
+  ``scripts/bench_codecs.py``);
+- the writer's host CPU per stored value, by where the codec runs (``scripts/bench_writer.py``,
+  one core of this machine, median of interleaved rounds).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+MFU = 0.40  # forward FLOPs / peak on a GPU: prefill-like batches of ~4k tokens (an assumption)
+CPU_GFLOPS_PER_CORE = 60.0
+
+# bf16 dense peak TFLOPS (vendor data sheets), matched against torch.cuda.get_device_name()
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "L40": 181.0,
+                   "L4": 121.0, "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
+DEFAULT_GPU_TFLOPS = 100.0
+
+# Store bytes per hidden value on disk (bench_codecs.py, SmolLM2-135M: bytes/tok/layer / 576).
+BYTES_PER_VALUE = {"fp32": 2089 / 576, "fp16": 1045 / 576, "bf16": 890 / 576, "int8": 347 / 576, "int8o": 381 / 576}
+
+# Host CPU nanoseconds per stored value of the whole writer (encode where given, zstd, sha256, write):
+# scripts/bench_writer.py on this machine's CPU (2 shared cores, loaded), d = 4096, one thread. "host": the numpy codec on
+# the CPU (a CPU run, or --encode host); "device": the codes arrive encoded (--encode device/auto on
+# CUDA), so the host only compresses, checksums and writes them.
+HOST_NS_PER_VALUE = {
+    "host": {"fp32": 25.6, "fp16": 16.0, "bf16": 17.6, "int8": 8.9, "int8o": 12.8},
+    "device": {"fp32": 23.1, "fp16": 12.8, "bf16": 11.6, "int8": 4.5, "int8o": 8.1},
+}
+
+
+def block_parameters(n_layers: int, hidden_size: int, intermediate_size: int | None) -> float:
+    """Parameters of the transformer blocks (attention 4 d^2, a gated MLP 3 d f): what a token's
+    forward multiplies through (the LM head does not run for hidden states)."""
+    ff = intermediate_size or 4 * hidden_size
+    return n_layers * (4 * hidden_size**2 + 3 * hidden_size * ff)
+
+
+def forward_tokens_per_second(parameters: float, device: str, gpu_name: str = "", cores: int | None = None) -> float:
+    """Projected forward speed: 2 FLOPs per parameter per token at MFU of the GPU's peak, or at
+    CPU_GFLOPS_PER_CORE per core."""
+    if device.startswith("cuda"):
+        peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in gpu_name), DEFAULT_GPU_TFLOPS)
+        return MFU * peak * 1e12 / (2 * parameters)
+    return (cores or os.cpu_count() or 1) * CPU_GFLOPS_PER_CORE * 1e9 / (2 * parameters)
+
+
+def writer_cores_needed(tokens_per_second: float, values_per_token: int, codec: str, encode_on: str) -> float:
+    """Host cores the writer needs to keep up with a forward of ``tokens_per_second``."""
+    return tokens_per_second * values_per_token * HOST_NS_PER_VALUE[encode_on][codec] * 1e-9
+
+
+@dataclass(frozen=True)
+class Estimate:
+    n_tokens: int
+    n_layers_stored: int
+    hidden_size: int
+    codec: str
+    store_bytes: float
+    device: str
+    encode_on: str  # "host" or "device"
+    forward_tokens_per_s: float
+    writer_cores: float  # host cores the writer needs at that speed
+    cores: int  # host cores there are for it
+
+    @property
+    def values_per_token(self) -> int:
+        return self.n_layers_stored * self.hidden_size
+
+    @property
+    def writer_bound(self) -> bool:
+        return self.device.startswith("cuda") and self.writer_cores > self.cores
+
+    @property
+    def seconds(self) -> float:
+        forward = self.n_tokens / self.forward_tokens_per_s
+        if self.device.startswith("cuda"):  # the writer overlaps the forward on its own cores
+            return forward * max(1.0, self.writer_cores / self.cores)
+        return forward * (1 + self.writer_cores / self.cores)  # on a CPU the two share the cores
+
+    def lines(self) -> list[str]:
+        lines = [
+            f"tokens       {self.n_tokens:,}",
+            f"store        {_size(self.store_bytes)} ({self.n_layers_stored} hidden states x {self.hidden_size} "
+            f"values, {self.codec}: {BYTES_PER_VALUE[self.codec]:.2f} bytes/value)",
+            f"time         ~{_duration(self.seconds)} on {self.device} (forward ~{self.forward_tokens_per_s:,.0f} "
+            f"tokens/s projected; writer needs {self.writer_cores:.1f} of {self.cores} cores, encoding on the "
+            f"{self.encode_on})",
+        ]
+        if self.writer_bound:
+            advice = "" if self.encode_on == "device" else "encode on the GPU (--encode auto), or "
+            lines.append(f"warning: the writer, not the forward, would be the bottleneck ({self.writer_cores:.0f} cores "
+                         f"needed, {self.cores} here); {advice}store fewer layers (--layers every:4, top:D) or "
+                         "a smaller codec")
+        return lines
+
+
+def estimate(n_tokens: int, info: dict, layers: tuple[int, ...], codec: str, device: str, encode: str = "auto",
+             gpu_name: str | None = None, cores: int | None = None) -> Estimate:
+    """The estimate of an extraction of ``n_tokens`` tokens by the backbone ``info`` describes."""
+    cuda = device.startswith("cuda")
+    if cuda and gpu_name is None:
+        import torch
+
+        gpu_name = torch.cuda.get_device_name(torch.device(device)) if torch.cuda.is_available() else ""
+    encode_on = "device" if encode == "device" or encode == "auto" and cuda else "host"
+    cores = cores or os.cpu_count() or 1
+    params = block_parameters(info["n_layers"], info["hidden_size"], info.get("intermediate_size"))
+    speed = forward_tokens_per_second(params, device, gpu_name or "", cores)
+    values = len(layers) * info["hidden_size"]
+    writer_cores = writer_cores_needed(speed, values, codec, encode_on)
+    return Estimate(n_tokens, len(layers), info["hidden_size"], codec, n_tokens * values * BYTES_PER_VALUE[codec],
+                    device, encode_on, speed, writer_cores, max(1, cores - 1) if cuda else cores)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:,.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{math.ceil(seconds)} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
