@@ -234,3 +234,26 @@ def test_attach_joins_a_created_store_and_never_creates_one(tmp_path):
     finalize(path)
     synth.write_store(tmp_path / "one.zarr", tokens)
     assert _same_arrays(path, tmp_path / "one.zarr")
+
+
+def test_background_writer_pool_and_encoded_rows_give_the_same_store(tmp_path):
+    """threads=3 encodes batches on a pool; write_encoded takes rows encoded elsewhere (a GPU) and
+    calls ``ready`` first: both give the one-thread store, stats included."""
+    tokens = synth.token_table()
+    data = synth.states(tokens)
+    synth.write_store(tmp_path / "one.zarr", tokens)
+    meta = [{"id": i, "final": str(i * 7)} for i in range(tokens.n_examples)]
+    ready = []
+    for name, threads in (("pool.zarr", 3), ("encoded.zarr", 1)):
+        with StoreWriter(tmp_path / name, synth.spec(), tokens, meta=meta, head=synth.head(), chunk_mb=0.004) as w, \
+                BackgroundWriter(w, threads=threads) as bg:
+            for start in range(0, tokens.n_tokens, 97):
+                rows = {k: v[start : start + 97] for k, v in data.items()}
+                if threads > 1:
+                    bg.write(start, rows)
+                else:
+                    bg.write_encoded(start, w.encode(rows), ready=lambda: ready.append(1))
+        assert _same_arrays(tmp_path / "one.zarr", tmp_path / name)
+        one, other = FeatureStore.open(tmp_path / "one.zarr"), FeatureStore.open(tmp_path / name)
+        assert one.attrs["stats"]["layers"] == other.attrs["stats"]["layers"]
+    assert len(ready) == len(range(0, tokens.n_tokens, 97))
