@@ -455,6 +455,8 @@ def compare(setup: Setup, out: Path, methods: tuple[str, ...]) -> dict:
     for method in methods:  # first, as it takes minutes: the peak memory of every method
         results.once(lambda: in_fresh_process(job(kind="probe", method=method, out=str(out / "probe" / method)),
                                               out / "probe" / method)["peak_mb"], "peak_mb", method)
+    results.once(lambda: in_fresh_process(job(kind="eval", method="backbone", out=str(out / "eval" / "backbone")),
+                                          out / "eval" / "backbone"), "eval", "backbone")
     for method in methods:
         runs = trained(method)
         lr = min(runs, key=lambda k: runs[k]["val_loss"])
@@ -465,8 +467,6 @@ def compare(setup: Setup, out: Path, methods: tuple[str, ...]) -> dict:
             job(kind="eval", method=method, checkpoint=str(checkpoint), out=str(out / "eval" / method)),
             out / "eval" / method), "eval", method)
         results.put(row, "methods", method)
-    results.once(lambda: in_fresh_process(job(kind="eval", method="backbone", out=str(out / "eval" / "backbone")),
-                                          out / "eval" / "backbone"), "eval", "backbone")
     return results.data
 
 
