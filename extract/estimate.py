@@ -1,6 +1,6 @@
 """What an extraction will cost, before it runs: tokens, store size, time, and whether the writer
-(not the forward) would be the bottleneck. ``extract --dry-run`` prints it; ``extract`` prints it
-before it starts; ``scripts/bench_writer.py`` projects the same arithmetic to 1B-70B models.
+(not the forward) would be the bottleneck. ``extract --dry-run`` prints it; ``extract`` shows it in
+its progress bar and warns before it starts when the writer would be the bottleneck; ``scripts/bench_writer.py`` projects the same arithmetic to 1B-70B models.
 
 The constants are measurements (say where) or stated assumptions; an estimate is as good as they are:
 
@@ -88,6 +88,10 @@ class Estimate:
         if self.device.startswith("cuda"):  # the writer overlaps the forward on its own cores
             return forward * max(1.0, self.writer_cores / self.cores)
         return forward * (1 + self.writer_cores / self.cores)  # on a CPU the two share the cores
+
+    def summary(self) -> str:
+        """One line for a progress bar: time and store size."""
+        return f"~{_duration(self.seconds)}, {_size(self.store_bytes)}"
 
     def lines(self) -> list[str]:
         lines = [

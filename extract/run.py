@@ -88,9 +88,9 @@ def extract(config: ExtractConfig | str | None = None, *, progress: bool = True,
         path, complete = ranks.from_leader(lambda: held.enter_context(claim(root, fingerprint, new_store)))
         if complete:
             return Extraction(store=path, **result, cached=True, computed_tokens=0, seconds=0.0)
-        if progress and ranks.leader:
-            print("\n".join(projected.lines()), file=sys.stderr, flush=True)
-        job = Job(source.load(), spec, layout, path, ranks, config, progress)
+        if progress and ranks.leader and projected.writer_bound:
+            print(projected.lines()[-1], file=sys.stderr, flush=True)
+        job = Job(source.load(), spec, layout, path, ranks, config, progress, projected)
         computed, seconds = job.run()
     return Extraction(store=path, **result, cached=False, computed_tokens=computed, seconds=seconds)
 
@@ -142,6 +142,7 @@ class Job:
     ranks: Ranks
     config: ExtractConfig
     progress: bool
+    estimate: Estimate | None = None
 
     def run(self) -> tuple[int, float]:
         """The tokens computed by all ranks, and the seconds it took."""
@@ -176,6 +177,8 @@ class Job:
         offsets = tokens.offsets
         todo = sum(int(offsets[b] - offsets[a]) for a, b in batches if writer.needs(int(offsets[a]), int(offsets[b])))
         desc = f"extract (rank 0 of {ranks.world_size})" if ranks.distributed else "extract"
+        if self.estimate is not None:
+            desc += f" (estimated {self.estimate.summary()})"
         show = self.progress and ranks.leader
         with tqdm(total=todo, unit="tok", unit_scale=True, desc=desc, disable=not show, file=sys.stderr) as bar:
             computed = extract_batches(self.backbone, tokens, self.spec.layers, batches, writer, bar.update,
