@@ -247,6 +247,9 @@ def _push_to_hub(store: str, url: str, allow_incomplete: bool, private: bool) ->
             pushed = push_store(store, url, private=private or None, progress=progress)
         except UserError as e:
             raise click.ClickException(str(e).splitlines()[0]) from None
+        except OSError as e:  # huggingface_hub's HTTP errors: unreachable, not logged in, no write access
+            raise click.ClickException(f"cannot push to {url}: {str(e).splitlines()[0]}; check `hf auth login` "
+                                       "and your access, then re-run to resume") from None
     if pushed.already:
         click.echo(f"{pushed.url} already holds this complete store")
     else:

@@ -277,4 +277,7 @@ def push_cmd(run, url, private) -> None:
         pushed = push_run(run, url, private=private or None)
     except UserError as e:
         raise click.ClickException(str(e).splitlines()[0]) from None
+    except OSError as e:  # huggingface_hub's HTTP errors: unreachable, not logged in, no write access
+        raise click.ClickException(f"cannot push to {url}: {str(e).splitlines()[0]}; check `hf auth login` and "
+                                   "your access, then re-run (nothing was committed)") from None
     click.echo(f"{len(pushed.files)} files pushed to {pushed.url}: {', '.join(pushed.files)}")

@@ -131,6 +131,9 @@ class SideModel:
         (its fields are the defaults of the others), and ``seed`` (default: drawn from torch's
         global generator, so ``torch.manual_seed`` makes sampling repeat)."""
         options = self._options(kwargs)
+        if input_ids is None and kwargs.get("inputs") is None:
+            raise GenerationArgumentError("generate() needs input_ids: the prompt's token ids, e.g. "
+                                          "model.tokenizer(model.format(question), return_tensors='pt').input_ids")
         ids = torch.as_tensor(input_ids if input_ids is not None else kwargs.get("inputs"), dtype=torch.long)
         ids = ids[None] if ids.dim() == 1 else ids
         mask = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask).to(ids.device)

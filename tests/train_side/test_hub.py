@@ -101,3 +101,11 @@ def test_cli_push(run, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["push", str(run), URL, "--private"])
     assert result.exit_code == 0 and result.output.startswith(f"7 files pushed to {URL}: README.md"), result.output
     assert fake.calls[0][3] is True  # private
+
+
+def test_cli_push_failure_is_one_line(run, tmp_path, monkeypatch):
+    fake = FakeHub(tmp_path, fail_at_commit=0)
+    monkeypatch.setattr(hub, "hub_api", lambda: fake)
+    result = CliRunner().invoke(main, ["push", str(run), URL])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "cannot push to hf://team/tiny-ladder: connection reset" in result.output
