@@ -89,7 +89,8 @@ def _int8o(codec, x):
     energy_rest = row_energy(squares).double()
     energy_row = energy_rest.clone()
     for j in range(k):
-        energy_row += value[:, j].double() ** 2
+        v = value[:, j].double()
+        energy_row += v * v
     step = torch.minimum(codec.step * torch.sqrt(energy_rest / d), codec.max_step * torch.sqrt(energy_row / d))
     step = torch.maximum(step, (_max1(magnitude) / 127).double())  # float32 quotients, as numpy's
     step = torch.maximum(step, (_max1(value.abs()) / 60000).double())

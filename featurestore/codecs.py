@@ -201,7 +201,8 @@ class Int8Outlier(Codec):
         energy_rest = row_energy(squares).astype(np.float64)  # no cancellation against massive outliers
         energy_row = energy_rest.copy()
         for j in range(self.outliers):
-            energy_row += value[:, j].astype(np.float64) ** 2
+            v = value[:, j].astype(np.float64)
+            energy_row += v * v  # exact products (float32 squares fit float64), added in column order
         step = np.minimum(self.step * np.sqrt(energy_rest / d), self.max_step * np.sqrt(energy_row / d))
         step = np.maximum(step, magnitude.max(axis=1, initial=0) / 127)  # int8 never saturates
         step = np.maximum(step, np.abs(value).max(axis=1, initial=0) / 60000)  # outliers fit float16
