@@ -33,7 +33,7 @@ from .errors import StoreError
 from .integrity import INTEGRITY
 
 MARKER = "ladder-cache feature store"
-ENCODE_ROWS = 512  # rows encoded at a time: ~1 MB of float32 for d = 576, cache-sized
+ENCODE_BYTES = 512 * 576 * 4  # float32 rows encoded at a time (~1 MB, cache-sized): 512 rows at d = 576, 72 at 4096
 
 # one layer's encoded rows: codec parts, per-row max |x| (float32), per-row sum x^2 (float64)
 EncodedRows = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]
@@ -262,7 +262,8 @@ class StoreWriter:
                 raise ValueError(f"layer {k}: expected shape ({n}, {self.spec.hidden_size}), got {x.shape}")
             x = np.ascontiguousarray(x, dtype=np.float32)
             with np.errstate(invalid="ignore", over="ignore"):  # inf / nan rows are refused by their absmax
-                blocks = [self.codec.encode_rows(b) for b in np.split(x, range(ENCODE_ROWS, len(x), ENCODE_ROWS))]
+                step = max(16, ENCODE_BYTES // (4 * max(1, x.shape[1])))
+                blocks = [self.codec.encode_rows(b) for b in np.split(x, range(step, len(x), step))]
             if len(blocks) == 1:
                 encoded[k] = blocks[0]
             else:

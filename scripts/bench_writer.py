@@ -5,8 +5,9 @@
 1. Stages, values per second on one core (torch and numpy limited to one thread), on rows shaped
    like an 8B model's hidden states (d = 4096, Gaussian channels of varied scale plus massive
    activations in a few channels), int8o:
-     quantise   numpy before issue 15 (float32 einsum sums), numpy now (fixed-order sums, the same
-                bits as torch), torch on this CPU (the encoder extraction runs on a GPU)
+     quantise   numpy before issue 15 (float32 einsum sums, 512-row blocks), numpy now (fixed-order
+                sums, the same bits as torch, ~1 MB blocks), torch on this CPU (512-row blocks; the
+                encoder extraction runs on a GPU)
      compress   zstd (level 3, content checksum) of the codes, as Zarr does per chunk
      checksum   sha256 of the compressed chunk (the shard manifest's)
      write      the compressed chunk to a file (page cache)
@@ -91,12 +92,16 @@ def stage_round(x: np.ndarray, directory: Path) -> dict[str, float]:
     from extract.encode import encode_rows
     from featurestore import get_codec
 
+    from featurestore.writer import ENCODE_BYTES
+
     codec = get_codec("int8o")
-    blocks = np.split(x, range(512, len(x), 512))
+    blocks = np.split(x, range(512, len(x), 512))  # the writer's blocks before issue 15: 512 rows
+    rows_now = ENCODE_BYTES // (4 * D)  # now: ~1 MB of rows
+    blocks_now = np.split(x, range(rows_now, len(x), rows_now))
     xt = torch.from_numpy(x)
     seconds = {
         "quantise: numpy, before": timed(lambda: [old_int8o_encode(b) for b in blocks]),
-        "quantise: numpy, now": timed(lambda: [codec.encode_rows(b) for b in blocks]),
+        "quantise: numpy, now": timed(lambda: [codec.encode_rows(b) for b in blocks_now]),
         "quantise: torch (CPU)": timed(lambda: [encode_rows(codec, b) for b in xt.split(512)]),
     }
     parts = codec.encode(x)
