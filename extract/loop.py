@@ -12,8 +12,6 @@ from featurestore import BackgroundWriter, Codec, StoreWriter, TokenTable
 from .backbones.check import CHECK_ROWS, CHECK_TOKENS, check_head
 from .encode import to_host
 
-ENCODE_WHERE = ("auto", "host", "device")
-
 
 def padded_batch(tokens: TokenTable, first: int, last: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Examples [first, last) right-padded: input_ids and attention_mask, both (B, T)."""
