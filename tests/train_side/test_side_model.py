@@ -203,3 +203,20 @@ def test_a_padded_tokenizer_batch_equals_each_prompt_alone(model, side, monkeypa
     for q, row in zip(questions, out[:, width:].tolist()):
         alone = model.generate([model.encode(q)], max_new_tokens=6)[0, len(model.encode(q)):].tolist()
         assert row[: len(alone)] == alone
+
+
+@pytest.mark.slow
+def test_smollm2_with_the_chat_template(tmp_path):
+    """The packaged SmolLM2 end to end in the chat template: format() is the chat prompt, tokenizing it
+    gives the training prompt ids, and generate() equals the project's loop."""
+    store = extract("smollm2-135m", limit=4, template="chat", root=tmp_path / "stores", progress=False).store
+    train(store, tmp_path / "run", side={"kind": "xladder", "delta": 1}, data=DataConfig(epochs=1), progress=False)
+    model = SideModel.from_pretrained(tmp_path / "run")
+    question = "What is 12 * 7?"
+    assert model.format(question).startswith("<|im_start|>") and model.format(question).endswith("assistant\n")
+    ids = model.tokenizer(model.format(question), return_tensors="pt").input_ids
+    assert ids[0].tolist() == model.encode(question)
+    eos = set(model.eos_token_ids)
+    expected = generate(model.pipeline, [ids[0].tolist()], max_new_tokens=8, pad_id=model.tokenizer.pad_token_id,
+                        stop=lambda t: t[-1] in eos)[0]
+    assert model.generate(ids, max_new_tokens=8)[0, ids.shape[1]:].tolist()[: len(expected)] == expected
