@@ -182,7 +182,7 @@ class Job:
         show = self.progress and ranks.leader
         with tqdm(total=todo, unit="tok", unit_scale=True, desc=desc, disable=not show, file=sys.stderr) as bar:
             computed = extract_batches(self.backbone, tokens, self.spec.layers, batches, writer, bar.update,
-                                       encode=self.config.encode)
+                                       self.config.encode)
         if not writer.done:
             raise StoreError("the extraction loop ended before every shard of this rank was written")
         return computed
