@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -131,10 +132,16 @@ def side_configs(store: FeatureStore) -> dict[str, SideConfig]:
     dims = backbone_dims(store)
     ladder = SideConfig(**dims, **LADDER)
     target = SideNetwork(ladder).n_parameters()
-    widths = range(32, 4 * dims["hidden_size"] + 1, 32)  # 32-wide heads of even size
-    count = lambda w: SideNetwork(SideConfig(**dims, kind="xladder", delta=XLADDER_DELTA, side_width=w)).n_parameters()
-    width = min(widths, key=lambda w: abs(count(w) - target))
-    return {"ladder": ladder, "xladder": SideConfig(**dims, kind="xladder", delta=XLADDER_DELTA, side_width=width)}
+    xladder = lambda w: SideConfig(**dims, kind="xladder", delta=XLADDER_DELTA, side_width=w, n_heads=heads(w))
+    widths = range(8, 4 * dims["hidden_size"] + 1, 8)
+    width = min(widths, key=lambda w: abs(SideNetwork(xladder(w)).n_parameters() - target))
+    return {"ladder": ladder, "xladder": xladder(width)}
+
+
+def heads(width: int) -> int:
+    """The head count nearest to 32-wide heads that splits ``width`` into heads of even size (RoPE)."""
+    fits = [h for h in range(1, width // 2 + 1) if width % h == 0 and (width // h) % 2 == 0]
+    return min(fits, key=lambda h: abs(math.log(width / h / 32)))
 
 
 # --- peft baselines --------------------------------------------------------------------------
@@ -278,19 +285,20 @@ def make_run(store: FeatureStore, out: Path, side: SideConfig, lr: float, setup:
                store_info(store), setup.data, device)
 
 
-def train_from_store(setup: Setup, store: FeatureStore, out: Path) -> dict:
-    """The Ladder and the xLadder at every learning rate: one sweep, one pass over the store."""
+def train_from_store(setup: Setup, store: FeatureStore, methods: list[str], out: Path) -> dict:
+    """Side networks (the Ladder, the xLadder) at every learning rate: one sweep, one pass over the store."""
+    configs = {method: config for method, config in side_configs(store).items() if method in methods}
     specs = [(f"{method}-lr={lr}", out / method / f"lr={lr}", config, OptimConfig(lr=lr))
-             for method, config in side_configs(store).items() for lr in setup.side_lrs]
+             for method, config in configs.items() for lr in setup.side_lrs]
     start = time.perf_counter()
     runs = fit(store, specs, setup.data, device=setup.device, progress=True)
     seconds = time.perf_counter() - start
-    results = {method: {} for method in SIDE_METHODS}
-    for run, (name, *_) in zip(runs, specs):
+    results = {method: {} for method in configs}
+    for run, (name, run_dir, *_) in zip(runs, specs):
         method, lr = name.split("-lr=")
         results[method][lr] = {"train_seconds": run.seconds, "val_loss": run.val_loss,
-                                      "trainable": run.model.n_parameters()}
-    return {"sweep_seconds": seconds, "runs": results}
+                               "trainable": run.model.n_parameters(), "checkpoint": str(run_dir)}
+    return {"sweep_seconds": seconds, "runs": results, "configs": {m: asdict(c) for m, c in configs.items()}}
 
 
 def train_levers(setup: Setup, store: FeatureStore, lr: float, out: Path) -> dict:
@@ -325,7 +333,7 @@ def worker(job: dict) -> dict:
     if kind == "train" and job["method"] == "levers":
         return train_levers(setup, store, job["lr"], out)
     if kind == "train":
-        return train_from_store(setup, store, out)
+        return train_from_store(setup, store, job["methods"], out)
     return evaluate_method(setup, job["method"], store, Path(job["checkpoint"]) if job.get("checkpoint") else None,
                            out)
 
@@ -448,8 +456,21 @@ def compare(setup: Setup, out: Path, methods: tuple[str, ...]) -> dict:
         if method == "live-lst":
             return results.once(lambda: in_fresh_process(job(kind="train", method=method, out=str(out / method)),
                                                          out / method), "runs", method)
-        sweep = results.once(lambda: in_fresh_process(job(kind="train", method="side", out=str(out / "side")),
-                                                      out / "side"), "side_sweep")
+        return side_sweep(method)
+
+    def side_sweep(method: str) -> dict:
+        """The side networks of this comparison trained in one pass; a network whose config changed
+        since (or that was left out) is trained in a further pass, whose time adds to the sweep's."""
+        sweep = results.get("side_sweep") or {"sweep_seconds": 0.0, "runs": {}, "configs": {}}
+        wanted = {m: asdict(c) for m, c in side_configs(store).items() if m in methods}
+        stale = [m for m in wanted if sweep["configs"].get(m) != wanted[m]]
+        if stale:
+            name = "+".join(stale)
+            new = in_fresh_process(job(kind="train", method="side", methods=stale, out=str(out / "side" / name)),
+                                   out / "side" / name)
+            sweep = {"sweep_seconds": sweep["sweep_seconds"] + new["sweep_seconds"], "runs": sweep["runs"] | new["runs"],
+                     "configs": sweep["configs"] | new["configs"]}
+            results.put(sweep, "side_sweep")
         return sweep["runs"][method]
 
     for method in methods:  # first, as it takes minutes: the peak memory of every method
@@ -460,7 +481,7 @@ def compare(setup: Setup, out: Path, methods: tuple[str, ...]) -> dict:
     for method in methods:
         runs = trained(method)
         lr = min(runs, key=lambda k: runs[k]["val_loss"])
-        checkpoint = out / ("side" if method in SIDE_METHODS else "") / method / f"lr={lr}"
+        checkpoint = runs[lr].get("checkpoint") or out / method / f"lr={lr}"
         row = {"lr": float(lr), "lrs": {k: r["val_loss"] for k, r in runs.items()}, **runs[lr],
                "sweep_seconds": sweep_seconds(method, runs, results, setup), "peak_mb": results.get("peak_mb", method)}
         row |= results.once(lambda: in_fresh_process(

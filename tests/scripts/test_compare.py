@@ -29,9 +29,9 @@ def test_compare_runs_every_method_on_a_tiny_model(tmp_path, tiny_llama):
     assert methods["qlora"]["trainable"] == methods["lora"]["trainable"]  # the same adapters
     assert methods["live-lst"]["trainable"] == methods["ladder"]["trainable"]  # the same side network
     steps = data["steps"]
-    for method in ("live-lst", "ladder"):  # every run took the same number of steps
-        metrics = (tmp_path / ("side" if method == "ladder" else "") / method / f"lr={methods[method]['lr']}")
-        assert json.loads((metrics / "side_config.json").read_text())["step"] == steps
+    ladder = data["side_sweep"]["runs"]["ladder"][str(methods["ladder"]["lr"])]["checkpoint"]
+    for run in (Path(ladder), tmp_path / "live-lst" / f"lr={methods['live-lst']['lr']}"):  # the same number of steps
+        assert json.loads((run / "side_config.json").read_text())["step"] == steps
     report = (tmp_path / "compare.md").read_text()
     assert "| backbone alone |" in report and "(a) Ladder accuracy within 3 points" in report
     assert (tmp_path / "compare.png").stat().st_size > 0
