@@ -19,6 +19,8 @@ from train_side.generate import Pipeline, generate
 from train_side.model import FrozenHead, SideConfig, SideNetwork
 from train_side.train import backbone_dims, batch_loss
 
+pytestmark = pytest.mark.slow  # a model of every family: CI runs it, the fast loop skips it
+
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_trains_generates_and_passes_the_head_check(tiny_models, tmp_path, family):

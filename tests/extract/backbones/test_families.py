@@ -18,6 +18,8 @@ from featurestore import FeatureStore, get_codec
 from featurestore import head as stored_head
 from tests.models import FAMILIES, D, L
 
+pytestmark = pytest.mark.slow  # a model of every family: CI runs it, the fast loop skips it
+
 WIDTHS = {"gpt2": 4 * D, "gptj": 96}  # the side network's MLP width where the config does not call it intermediate_size
 HEAD = {  # what each family's head holds beyond lm_head.weight, and its logit scale
     "phi": ({"lm_head.bias", "norm.weight", "norm.bias"}, 1.0),
