@@ -13,7 +13,8 @@ from featurestore import FeatureStore
 from train_side import checkpoint
 from train_side.cli import main
 from train_side.evaluate import EvalError, evaluate, is_correct, teacher_forced_loss
-from train_side.generate import Pipeline, generate, left_pad
+from tests.train_side.generation import assert_cached_generation_equals_recomputation
+from train_side.generate import Pipeline, left_pad
 from train_side.model import FrozenHead, SideConfig, SideNetwork
 from train_side.train import DataConfig, train
 
@@ -64,14 +65,7 @@ def test_cached_generation_equals_recomputing_everything(stores, tiny_llama, kin
     side = side_network(store, kind) if kind else None
     pipeline = Pipeline(backbone, FrozenHead(*store.head()), side, store.codec)
     prompts = [store.example(0).input_ids[:20].tolist(), store.example(1).input_ids[:13].tolist()]  # left padding
-    cached = generate(pipeline, prompts, max_new_tokens=8, pad_id=0, stop=lambda tokens: False)
-    for prompt, new in zip(prompts, cached):
-        sequence = list(prompt)
-        for token in new:  # no cache: the whole sequence again at every step
-            ids = torch.tensor([sequence])
-            logits = pipeline.step(ids, torch.ones_like(ids), pipeline.start())[0, -1]
-            assert int(logits.argmax()) == token
-            sequence.append(token)
+    assert_cached_generation_equals_recomputation(pipeline, prompts, max_new_tokens=8)
 
 
 def test_left_pad():

@@ -11,11 +11,12 @@ from extract.backbones import load_backbone
 from extract.run import extract
 from featurestore import FeatureStore
 from featurestore import head as stored_head
+from tests.train_side.generation import assert_cached_generation_equals_recomputation
 from tests.models import FAMILIES
 from train_side.check import check_store
 from train_side.cli import main
 from train_side.data import read_batch
-from train_side.generate import Pipeline, generate
+from train_side.generate import Pipeline
 from train_side.model import FrozenHead, SideConfig, SideNetwork
 from train_side.train import backbone_dims, batch_loss
 
@@ -44,13 +45,7 @@ def test_family_trains_generates_and_passes_the_head_check(tiny_models, tmp_path
     backbone = load_backbone(str(tiny_models[family]))
     pipeline = Pipeline(backbone, head, side.eval(), store.codec)
     prompts = [store.example(0).input_ids[:12].tolist(), store.example(1).input_ids[:7].tolist()]  # left padding
-    cached = generate(pipeline, prompts, max_new_tokens=4, pad_id=0, stop=lambda tokens: False)
-    for prompt, new in zip(prompts, cached):
-        sequence = list(prompt)
-        for token in new:  # no cache: the whole sequence again at every step
-            ids = torch.tensor([sequence])
-            assert int(pipeline.step(ids, torch.ones_like(ids), pipeline.start())[0, -1].argmax()) == token
-            sequence.append(token)
+    assert_cached_generation_equals_recomputation(pipeline, prompts, max_new_tokens=4)
 
     assert check_store(path).ok
 
