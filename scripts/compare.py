@@ -51,6 +51,7 @@ from train_side.data import Batch, epoch_order, plan, read_ahead, read_batch, sp
 from train_side.evaluate import answer, score
 from train_side.generate import Pipeline
 from train_side.model import FrozenHead, SideConfig, SideNetwork
+from train_side.prune import init_from_backbone, pruned_settings
 from train_side.train import DataConfig, OptimConfig, Run, backbone_dims, fit, lr_factor, store_info
 
 PEFT_METHODS = ("qlora", "lora")
@@ -62,7 +63,9 @@ PROBE_BATCHES = 3  # peak memory: a fresh process trains on the largest batches
 LEVERS = {  # known ways to close a gap to QLoRA: each changes one thing of the Ladder trained from the store
     "wider (d/2)": {"reduction": 2},
     "every block tapped": {"every": 1},
+    "LST init (pruned backbone)": {"init": "pruned"},
     "3x the steps": {"epochs": 3},
+    "10x the steps": {"epochs": 10},
 }
 
 
@@ -306,9 +309,14 @@ def train_levers(setup: Setup, store: FeatureStore, lr: float, out: Path) -> dic
     results = {}
     for name, change in LEVERS.items():
         epochs = change.get("epochs", setup.epochs)
-        side = replace(side_configs(store)["ladder"], **{k: v for k, v in change.items() if k != "epochs"})
+        side = replace(side_configs(store)["ladder"], **{k: v for k, v in change.items() if k not in ("epochs", "init")})
+        init = None
+        if change.get("init") == "pruned":  # LST: the side blocks cut from the backbone's own (its heads, its RoPE)
+            backbone = load_backbone(setup.model, device=setup.device).model
+            side = replace(side, **pruned_settings(backbone))
+            init = lambda model: init_from_backbone(model, backbone)
         [run] = fit(store, [(name, out / name, side, OptimConfig(lr=lr))], replace(setup.data, epochs=epochs),
-                    device=setup.device, progress=True)
+                    device=setup.device, progress=True, init=init)
         results[name] = {"train_seconds": run.seconds, "val_loss": run.val_loss, "trainable": run.model.n_parameters(),
                          "steps": run.step}
     return results

@@ -10,6 +10,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -176,16 +177,19 @@ def train(store, out: str | Path, *, side: dict | None = None, optim: OptimConfi
 
 
 def fit(store: FeatureStore, runs_spec: list[tuple[str, Path, SideConfig, OptimConfig]], data: DataConfig,
-        device: str = "auto", resume: bool = False, progress: bool = True) -> list[Run]:
+        device: str = "auto", resume: bool = False, progress: bool = True,
+        init: Callable[[SideNetwork], object] | None = None) -> list[Run]:
     """``_fit``, holding every run's output directory (one writer at a time: ``rundir``)."""
     with rundir.holding([out for _, out, _, _ in runs_spec]):
-        return _fit(store, runs_spec, data, device, resume, progress)
+        return _fit(store, runs_spec, data, device, resume, progress, init)
 
 
 def _fit(store: FeatureStore, runs_spec: list[tuple[str, Path, SideConfig, OptimConfig]], data: DataConfig,
-         device: str = "auto", resume: bool = False, progress: bool = True) -> list[Run]:
+         device: str = "auto", resume: bool = False, progress: bool = True,
+         init: Callable[[SideNetwork], object] | None = None) -> list[Run]:
     """Trains every run over one pass of the data per epoch: each batch is read and decoded once
-    (the union of the runs' input layers) and fed to every run in turn."""
+    (the union of the runs' input layers) and fed to every run in turn. ``init`` (e.g.
+    ``prune.init_from_backbone``) sets the weights of each run that starts fresh."""
     device = resolve_device(device)
     train_idx, val_idx = split_examples(store.n_examples, data.val_fraction, data.seed)
     train_batches = plan(store, train_idx, data.token_budget)
@@ -202,6 +206,8 @@ def _fit(store: FeatureStore, runs_spec: list[tuple[str, Path, SideConfig, Optim
             for name, out, side, optim in runs_spec]
     for run in runs:
         run.resume() if resume else run.start_fresh()
+        if init is not None and run.step == 0:
+            init(run.model)
     loader = loader_settings(device)
     validation = [b.to(device) for b in read_ahead(store, val_batches, layers, **loader)]
     start_step = min(run.step for run in runs)

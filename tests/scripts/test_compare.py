@@ -39,7 +39,10 @@ def test_compare_runs_every_method_on_a_tiny_model(tmp_path, tiny_llama):
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads((tmp_path / "compare.json").read_text())
     assert rerun["methods"] == methods and rerun["runs"] == data["runs"]  # a rerun reuses what is done
-    assert list(rerun["levers"]) == ["wider (d/2)", "every block tapped", "3x the steps"]
-    assert rerun["levers"]["3x the steps"]["steps"] == 3 * steps
+    assert list(rerun["levers"]) == ["wider (d/2)", "every block tapped", "LST init (pruned backbone)", "3x the steps",
+                                     "10x the steps"]
+    assert rerun["levers"]["3x the steps"]["steps"] == 3 * steps and rerun["levers"]["10x the steps"]["steps"] == 10 * steps
+    pruned = json.loads((tmp_path / "levers" / "LST init (pruned backbone)" / "side_config.json").read_text())
+    assert pruned["side"]["n_heads"] == 4  # the backbone's heads, each cut to the side width
     assert rerun["levers"]["wider (d/2)"]["trainable"] > methods["ladder"]["trainable"]
     assert "Levers on the Ladder" in (tmp_path / "compare.md").read_text()
