@@ -15,6 +15,9 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from extract.encode import encode_rows
+from featurestore.codecs import Codec
+
 
 def _int8(parts: dict[str, Tensor]) -> Tensor:
     return parts["codes"] * parts["scale"][..., None]  # one float32 output, no float copy of the codes
@@ -65,3 +68,12 @@ def _decode(codec: str, names: tuple[str, ...], *tensors: Tensor) -> Tensor:
 
 def decoded(h: Tensor | Encoded) -> Tensor:
     return h.decode() if isinstance(h, Encoded) else h
+
+
+def roundtrip(codec: Codec, rows: Tensor) -> Tensor:
+    """float32 rows (n, d) encoded and decoded where they are, with the store's bits: what
+    ``codec.roundtrip`` gives on the host, without the trip there (generation on a GPU)."""
+    if codec.name not in DECODERS:  # fp32: stored as is
+        return rows.float()
+    parts, _, _ = encode_rows(codec, rows)
+    return Encoded(codec.name, parts).decode()

@@ -17,6 +17,7 @@ from torch import Tensor
 from extract.backbones import Backbone
 from featurestore import Codec
 
+from .encoded import roundtrip
 from .model import FrozenHead, KVCache, SideNetwork
 
 
@@ -44,9 +45,12 @@ class Pipeline:
         return self.head(y)
 
     def roundtrip(self, h: Tensor) -> Tensor:
-        """What the store would have given for these hidden states."""
-        rows = h.float().reshape(-1, h.shape[-1]).cpu().numpy()
-        return torch.from_numpy(self.codec.roundtrip(rows)).reshape(h.shape).to(self.device)
+        """What the store would have given for these hidden states, computed where they are: by
+        the torch codec on a GPU, by numpy on the CPU (~5x faster there than torch's kernels)."""
+        rows = h.float().reshape(-1, h.shape[-1])
+        if rows.is_cuda:
+            return roundtrip(self.codec, rows).reshape(h.shape)
+        return torch.from_numpy(self.codec.roundtrip(rows.numpy())).reshape(h.shape).to(self.device)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:

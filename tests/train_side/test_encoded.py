@@ -6,7 +6,7 @@ from featurestore import FeatureStore, get_codec
 from tests.featurestore import synth
 from tests.train_side.tiny_store import write_tiny_store
 from train_side.data import read_batch
-from train_side.encoded import DECODERS, Encoded
+from train_side.encoded import DECODERS, Encoded, roundtrip
 from train_side.model import FrozenHead
 from train_side.sweep import configs
 from train_side.train import DataConfig, Run, backbone_dims, store_info
@@ -27,6 +27,15 @@ def test_torch_decoders_are_bit_identical_to_the_store_codecs(codec):
     parts = codec_.encode(x)
     encoded = Encoded(codec, {name: torch.from_numpy(p) for name, p in parts.items()})
     assert np.array_equal(encoded.decode().numpy(), codec_.decode(parts))
+
+
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "bf16", "int8", "int8o"])
+def test_roundtrip_where_the_states_are_gives_the_stores_bits(codec):
+    """Generation on a GPU round-trips hidden states on the device: the bits the host codec gives."""
+    x = synth.states(synth.token_table(n_examples=20), layers=[1])[1]
+    x[:, 3] *= 300  # massive activations: int8o's outliers
+    codec_ = get_codec(codec)
+    assert np.array_equal(roundtrip(codec_, torch.from_numpy(x)).numpy(), codec_.roundtrip(x))
 
 
 def test_an_int8o_batch_stays_encoded_and_trains_exactly_as_its_decoding(tmp_path):
