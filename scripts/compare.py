@@ -66,6 +66,7 @@ LEVERS = {  # known ways to close a gap to QLoRA: each changes one thing of the 
     "LST init (pruned backbone)": {"init": "pruned"},
     "3x the steps": {"epochs": 3},
     "10x the steps": {"epochs": 10},
+    "xLadder, 10x the steps": {"method": "xladder", "epochs": 10},  # claim (c) once both have learned
 }
 
 
@@ -134,11 +135,18 @@ def side_configs(store: FeatureStore) -> dict[str, SideConfig]:
     """The Ladder, and an xLadder as wide as makes its trainable parameters match (within 5%)."""
     dims = backbone_dims(store)
     ladder = SideConfig(**dims, **LADDER)
-    target = SideNetwork(ladder).n_parameters()
+    target = n_parameters(ladder)
     xladder = lambda w: SideConfig(**dims, kind="xladder", delta=XLADDER_DELTA, side_width=w, n_heads=heads(w))
     widths = range(8, 4 * dims["hidden_size"] + 1, 8)
-    width = min(widths, key=lambda w: abs(SideNetwork(xladder(w)).n_parameters() - target))
+    width = min(widths, key=lambda w: abs(n_parameters(xladder(w)) - target))
     return {"ladder": ladder, "xladder": xladder(width)}
+
+
+def n_parameters(config: SideConfig) -> int:
+    """Counted on the meta device: the width search must not allocate (its widest candidates hold
+    ~1 GB of weights, which would be counted in the peak memory of every side network)."""
+    with torch.device("meta"):
+        return SideNetwork(config).n_parameters()
 
 
 def heads(width: int) -> int:
@@ -304,20 +312,21 @@ def train_from_store(setup: Setup, store: FeatureStore, methods: list[str], out:
     return {"sweep_seconds": seconds, "runs": results, "configs": {m: asdict(c) for m, c in configs.items()}}
 
 
-def train_levers(setup: Setup, store: FeatureStore, lr: float, out: Path) -> dict:
-    """The Ladder with each lever of LEVERS, at the Ladder's chosen learning rate, from the store."""
+def train_levers(setup: Setup, store: FeatureStore, lrs: dict[str, float], out: Path) -> dict:
+    """The Ladder (or xLadder) with each lever of LEVERS, at its chosen learning rate, from the store."""
     results = {}
     for name, change in LEVERS.items():
-        epochs = change.get("epochs", setup.epochs)
-        side = replace(side_configs(store)["ladder"], **{k: v for k, v in change.items() if k not in ("epochs", "init")})
+        epochs, method = change.get("epochs", setup.epochs), change.get("method", "ladder")
+        side = replace(side_configs(store)[method],
+                       **{k: v for k, v in change.items() if k not in ("epochs", "init", "method")})
         init = None
         if change.get("init") == "pruned":  # LST: the side blocks cut from the backbone's own (its heads, its RoPE)
             backbone = load_backbone(setup.model, device=setup.device).model
             side = replace(side, **pruned_settings(backbone))
             init = lambda model: init_from_backbone(model, backbone)
-        [run] = fit(store, [(name, out / name, side, OptimConfig(lr=lr))], replace(setup.data, epochs=epochs),
+        [run] = fit(store, [(name, out / name, side, OptimConfig(lr=lrs[method]))], replace(setup.data, epochs=epochs),
                     device=setup.device, progress=True, init=init)
-        results[name] = {"train_seconds": run.seconds, "val_loss": run.val_loss, "trainable": run.model.n_parameters(),
+        results[name] = {"lr": lrs[method], "train_seconds": run.seconds, "val_loss": run.val_loss, "trainable": run.model.n_parameters(),
                          "steps": run.step}
     return results
 
@@ -339,7 +348,7 @@ def worker(job: dict) -> dict:
     if kind == "train" and job["method"] == "live-lst":
         return train_live_lst(setup, store, schedule(store, setup), out)
     if kind == "train" and job["method"] == "levers":
-        return train_levers(setup, store, job["lr"], out)
+        return train_levers(setup, store, job["lrs"], out)
     if kind == "train":
         return train_from_store(setup, store, job["methods"], out)
     return evaluate_method(setup, job["method"], store, Path(job["checkpoint"]) if job.get("checkpoint") else None,
@@ -503,17 +512,17 @@ def levers(setup: Setup, out: Path) -> dict:
     """Trains and evaluates the Ladder with each lever (after :func:`compare`, whose Ladder it changes)."""
     results = Results(out / "compare.json", setup)
     store_path = prepare_store(setup, out)[0]
-    lr = results.get("methods", "ladder", "lr")
-    if lr is None:
-        raise SystemExit("--levers changes the Ladder of a finished comparison: run it with the ladder method first")
+    lrs = {method: results.get("methods", method, "lr") for method in SIDE_METHODS}
+    if None in lrs.values():
+        raise SystemExit("--levers changes the Ladder and xLadder of a finished comparison: run it with both first")
     job = lambda **kw: {"setup": asdict(setup), "store": str(store_path), **kw}
-    trained = results.once(lambda: in_fresh_process(job(kind="train", method="levers", lr=lr,
+    trained = results.once(lambda: in_fresh_process(job(kind="train", method="levers", lrs=lrs,
                                                         out=str(out / "levers")), out / "levers"), "lever_runs")
     for name, run in trained.items():
         evaluation = results.once(lambda: in_fresh_process(
             job(kind="eval", method="ladder", checkpoint=str(out / "levers" / name), out=str(out / "eval" / name)),
             out / "eval" / name), "eval", name)
-        results.put({"lr": lr, **run, **evaluation}, "levers", name)
+        results.put({**run, **evaluation}, "levers", name)
     return results.data
 
 
@@ -545,11 +554,15 @@ def claims(data: dict) -> list[tuple[str, str, str]]:
                      f"from the store {cached:.0f} MB = {cached / qlora:.0%}"))
         rows.append(("target: Ladder from the store peak memory <= 25% of QLoRA's", verdict(cached <= 0.25 * qlora),
                      f"{cached / qlora:.0%}"))
-    if {"ladder", "xladder"} <= m.keys():
-        lad, xl = m["ladder"], m["xladder"]
+    levers = data.get("levers", {})
+    pairs = [("", m.get("ladder"), m.get("xladder")),
+             (" (10x the steps)", levers.get("10x the steps"), levers.get("xLadder, 10x the steps"))]
+    for when, lad, xl in pairs:
+        if lad is None or xl is None:
+            continue
         same_size = abs(xl["trainable"] - lad["trainable"]) <= 0.05 * lad["trainable"]
         comparable = abs(xl["accuracy"] - lad["accuracy"]) <= 0.03
-        rows.append(("(c) xLadder's CoT shorter than the Ladder's at the same size and comparable accuracy",
+        rows.append((f"(c) xLadder's CoT shorter than the Ladder's at the same size and comparable accuracy{when}",
                      verdict(same_size and comparable and xl["mean_cot_tokens"] < lad["mean_cot_tokens"]),
                      f"CoT {xl['mean_cot_tokens']:.1f} vs {lad['mean_cot_tokens']:.1f} tokens; parameters "
                      f"{xl['trainable'] / 1e6:.2f} M vs {lad['trainable'] / 1e6:.2f} M; accuracy "
@@ -580,11 +593,11 @@ def report(data: dict, out: Path) -> str:
                      f"{r['trainable'] / 1e6:.2f} M | {r['train_seconds']:.0f} s | {r['peak_mb']:.0f} MB | "
                      f"{r['sweep_seconds']:.0f} s |")
     if data.get("levers"):
-        lines += ["", f"Levers on the Ladder from the store (lr {m['ladder']['lr']:g}; the Ladder above: "
+        lines += ["", f"Levers on the Ladder from the store (each at its method's chosen lr; the Ladder above: "
                       f"{m['ladder']['accuracy']:.1%}, validation loss {m['ladder']['val_loss']:.4f}):", "",
-                  "| lever | accuracy | mean CoT | trainable | steps | train time | validation loss |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {name} | {r['accuracy']:.1%} | {r['mean_cot_tokens']:.1f} | {r['trainable'] / 1e6:.2f} M | "
+                  "| lever | lr | accuracy | mean CoT | trainable | steps | train time | validation loss |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {r['lr']:g} | {r['accuracy']:.1%} | {r['mean_cot_tokens']:.1f} | {r['trainable'] / 1e6:.2f} M | "
                   f"{r['steps']} | {r['train_seconds']:.0f} s | {r['val_loss']:.4f} |" for name, r in data["levers"].items()]
     lines += ["", "| claim | verdict | measured |", "|---|---|---|"]
     lines += [f"| {c} | {v} | {n} |" for c, v, n in claims(data)]

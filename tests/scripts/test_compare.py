@@ -40,9 +40,12 @@ def test_compare_runs_every_method_on_a_tiny_model(tmp_path, tiny_llama):
     rerun = json.loads((tmp_path / "compare.json").read_text())
     assert rerun["methods"] == methods and rerun["runs"] == data["runs"]  # a rerun reuses what is done
     assert list(rerun["levers"]) == ["wider (d/2)", "every block tapped", "LST init (pruned backbone)", "3x the steps",
-                                     "10x the steps"]
+                                     "10x the steps", "xLadder, 10x the steps"]
     assert rerun["levers"]["3x the steps"]["steps"] == 3 * steps and rerun["levers"]["10x the steps"]["steps"] == 10 * steps
     pruned = json.loads((tmp_path / "levers" / "LST init (pruned backbone)" / "side_config.json").read_text())
     assert pruned["side"]["n_heads"] == 4  # the backbone's heads, each cut to the side width
     assert rerun["levers"]["wider (d/2)"]["trainable"] > methods["ladder"]["trainable"]
-    assert "Levers on the Ladder" in (tmp_path / "compare.md").read_text()
+    assert rerun["levers"]["xLadder, 10x the steps"]["trainable"] == methods["xladder"]["trainable"]
+    assert rerun["levers"]["xLadder, 10x the steps"]["lr"] == methods["xladder"]["lr"]
+    report = (tmp_path / "compare.md").read_text()
+    assert "Levers on the Ladder" in report and "comparable accuracy (10x the steps)" in report
