@@ -39,6 +39,7 @@ HOST_NS_PER_VALUE = {
     "device": {"fp32": 11.7, "fp16": 6.6, "bf16": 7.5, "int8": 3.0, "int8o": 3.2},
 }
 
+
 def block_parameters(n_layers: int, hidden_size: int, intermediate_size: int | None) -> float:
     """Parameters of the transformer blocks (attention 4 d^2, a gated MLP 3 d f): what a token's
     forward multiplies through (the LM head does not run for hidden states)."""

@@ -326,8 +326,8 @@ def train_levers(setup: Setup, store: FeatureStore, lrs: dict[str, float], out: 
             init = lambda model: init_from_backbone(model, backbone)
         [run] = fit(store, [(name, out / name, side, OptimConfig(lr=lrs[method]))], replace(setup.data, epochs=epochs),
                     device=setup.device, progress=True, init=init)
-        results[name] = {"lr": lrs[method], "train_seconds": run.seconds, "val_loss": run.val_loss, "trainable": run.model.n_parameters(),
-                         "steps": run.step}
+        results[name] = {"lr": lrs[method], "train_seconds": run.seconds, "val_loss": run.val_loss,
+                         "trainable": run.model.n_parameters(), "steps": run.step}
     return results
 
 
