@@ -22,8 +22,8 @@ from extract.backbones import load_backbone
 from extract.tasks.datasets import load_examples
 from extract.tasks.prompts import encode_prompt
 from featurestore import get_codec
-from train_side.generate import Pipeline, generate
-from train_side.model import FrozenHead, SideConfig, SideNetwork
+from train_side.inference.generate import Pipeline, generate
+from train_side.network.model import FrozenHead, SideConfig, SideNetwork
 
 
 def tokens_per_second(pipeline: Pipeline, prompts: list[list[int]], new_tokens: int, pad_id: int) -> float:

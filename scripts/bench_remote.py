@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from featurestore import FeatureStore, catalog
+from train_side.config import DataConfig, OptimConfig
 from train_side.data import plan, read_ahead, split_examples
-from train_side.model import FrozenHead, SideConfig
-from train_side.train import DataConfig, OptimConfig, Run, backbone_dims, store_info
+from train_side.network.model import FrozenHead, SideConfig
+from train_side.training.train import Run, backbone_dims, store_info
 
 
 class QuietHandler(SimpleHTTPRequestHandler):

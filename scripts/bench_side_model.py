@@ -7,7 +7,7 @@ it for one epoch (speed does not depend on training), then generates for the sam
 prompts both ways on ONE loaded backbone:
 
 - eval loop: the Pipeline `train_side eval` builds (backbone, FrozenHead, load_side, the store's
-  codec) driven by train_side.generate.generate, as evaluate.answer() drives it;
+  codec) driven by train_side.inference.generate.generate, as evaluate.answer() drives it;
 - API: SideModel.from_pretrained(run) then model.generate(input_ids, attention_mask=...,
   max_new_tokens=N), left-padded like transformers users pass batches.
 
@@ -35,8 +35,9 @@ from extract.tasks.prompts import encode_prompt
 from featurestore import get_codec
 from train_side import SideModel
 from train_side.checkpoint import Checkpoint, load_side
-from train_side.generate import Pipeline, generate, left_pad
-from train_side.train import DataConfig, train
+from train_side.config import DataConfig
+from train_side.inference.generate import Pipeline, generate, left_pad
+from train_side.training.train import train
 
 
 def timed(function) -> tuple[float, object]:

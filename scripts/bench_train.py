@@ -30,10 +30,12 @@ import torch
 from extract.backbones import load_backbone
 from extract.run import extract
 from featurestore import FeatureStore
-from train_side.data import Batch, epoch_order, plan, read_ahead, read_batch, split_examples
-from train_side.model import FrozenHead
-from train_side.sweep import configs, expand, sweep
-from train_side.train import DataConfig, Run, backbone_dims, store_info
+from train_side.config import DataConfig
+from train_side.data import epoch_order, plan, read_ahead, read_batch, split_examples
+from train_side.network.batch import Batch
+from train_side.network.model import FrozenHead
+from train_side.training.sweep import configs, expand, sweep
+from train_side.training.train import Run, backbone_dims, store_info
 
 GRID = {"kind": ["ladder", "xladder"], "lr": [1e-3, 3e-3], "reduction": [8, 16]}  # 8 configurations
 

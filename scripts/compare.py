@@ -47,12 +47,14 @@ from extract.provenance import Provenance
 from extract.run import extract
 from extract.tasks.datasets import load_examples
 from featurestore import FeatureStore, get_codec
-from train_side.data import Batch, epoch_order, plan, read_ahead, read_batch, split_examples
-from train_side.evaluate import answer, score
-from train_side.generate import Pipeline
-from train_side.model import FrozenHead, SideConfig, SideNetwork
-from train_side.prune import init_from_backbone, pruned_settings
-from train_side.train import DataConfig, OptimConfig, Run, backbone_dims, fit, lr_factor, store_info
+from train_side.config import DataConfig, OptimConfig
+from train_side.data import epoch_order, plan, read_ahead, read_batch, split_examples
+from train_side.inference.evaluate import answer, score
+from train_side.inference.generate import Pipeline
+from train_side.network.batch import Batch
+from train_side.network.model import FrozenHead, SideConfig, SideNetwork
+from train_side.network.prune import init_from_backbone, pruned_settings
+from train_side.training.train import Run, backbone_dims, fit, lr_factor, store_info
 
 PEFT_METHODS = ("qlora", "lora")
 SIDE_METHODS = ("ladder", "xladder")

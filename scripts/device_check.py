@@ -55,10 +55,10 @@ from featurestore import FeatureStore, StoreSpec, StoreWriter, TokenTable, get_c
 from featurestore.layout import plan_batches  # noqa: E402
 from train_side.config import DataConfig, OptimConfig  # noqa: E402
 from train_side.data import loader_settings, plan, read_ahead, read_batch  # noqa: E402
-from train_side.encoded import DECODERS  # noqa: E402
-from train_side.generate import Pipeline, generate  # noqa: E402
-from train_side.model import FrozenHead, SideConfig  # noqa: E402
-from train_side.train import Run, store_info  # noqa: E402
+from train_side.inference.generate import Pipeline, generate  # noqa: E402
+from train_side.network.encoded import DECODERS  # noqa: E402
+from train_side.network.model import FrozenHead, SideConfig  # noqa: E402
+from train_side.training.train import Run, store_info  # noqa: E402
 
 SIZES = {  # Llama-3.2-1B and Llama-3.1-8B shapes
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -307,7 +307,7 @@ def generation(backbone: Backbone, store: FeatureStore) -> dict[str, float]:
     torch.manual_seed(0)
     pipelines = {"backbone alone": Pipeline(backbone, head)}
     for kind, extra in (("ladder", {"every": 4}), ("xladder", {"delta": 2})):
-        from train_side.model import SideNetwork
+        from train_side.network.model import SideNetwork
 
         side = SideNetwork(SideConfig(**dims, kind=kind, **extra)).to(backbone.device).eval()
         pipelines[kind] = Pipeline(backbone, head, side, codec)

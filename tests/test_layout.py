@@ -1,5 +1,6 @@
 """The package layout's rules (README, Layout): no import cycles, featurestore free of torch and
-of the stages, and no stage importing another stage's command or loop code."""
+of the stages, no stage importing another stage's command or loop code (extract none of
+train_side), and train_side's rooms in their one direction."""
 
 import ast
 from pathlib import Path
@@ -7,7 +8,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("featurestore", "extract", "train_side")
 STAGE_CODE = {"extract": ("extract.cli", "extract.run", "extract.loop", "extract.plan", "extract.distributed"),
-              "train_side": ("train_side.cli", "train_side.train", "train_side.sweep", "train_side.evaluate")}
+              "train_side": ("train_side.cli", "train_side.training", "train_side.inference.evaluate")}
+# train_side's rooms and what each may import of train_side: the network imports no other room;
+# training and inference import the network and the neutral top-level modules (config, checkpoint,
+# data, devices: what both use), never each other; only cli imports cli.
+ROOMS = ("network", "training", "inference")
+MAY_IMPORT = {"network": {"network"}, "neutral": {"network", "neutral"}, "training": {"network", "neutral", "training"},
+              "inference": {"network", "neutral", "inference"}, "cli": {"network", "neutral", "training", "inference"}}
 
 
 def module_name(path: Path) -> str:
@@ -63,6 +70,27 @@ def test_no_stage_imports_another_stages_command_or_loop():
         for path in (REPO / stage).rglob("*.py"):
             bad = {m for m in imports(path) if m.startswith(others)}
             assert not bad, f"{stage}/{path.name} imports {sorted(bad)}"
+
+
+def test_extract_imports_nothing_of_train_side():
+    for path in (REPO / "extract").rglob("*.py"):
+        bad = {m for m in imports(path) if m.split(".")[0] == "train_side"}
+        assert not bad, f"extract/{path.relative_to(REPO / 'extract')} imports {sorted(bad)}"
+
+
+def room(module: str) -> str:
+    """The room of a train_side module: network, training, inference, cli, or neutral (top level)."""
+    parts = module.split(".")
+    return parts[1] if parts[1] in ROOMS else "cli" if module == "train_side.cli" else "neutral"
+
+
+def test_train_side_rooms_import_in_one_direction():
+    for module, targets in graph().items():
+        if not module.startswith("train_side."):
+            continue
+        for target in targets:
+            if target.startswith("train_side.") and not module.startswith(target + "."):  # a package's own __init__
+                assert room(target) in MAY_IMPORT[room(module)], f"{module} ({room(module)}) imports {target}"
 
 
 def test_peft_is_only_the_comparisons_optional_extra():

@@ -21,7 +21,7 @@ from featurestore import FeatureStore
 from featurestore.errors import UserError
 
 from .config import DataConfig, OptimConfig
-from .model import SideConfig, SideNetwork
+from .network.model import SideConfig, SideNetwork
 
 WEIGHTS, CONFIG, RESUME = "side.safetensors", "side_config.json", "resume.pt"
 VERSION = 1  # of side_config.json; a file without "version" is version 1

@@ -13,10 +13,10 @@ from featurestore.options import config_from_options, config_options, config_val
 from featurestore.hub import is_hf_url
 
 from .config import DataConfig, OptimConfig
-from .hub import fetch_run
-from .model import LADDER_ONLY, SideConfig
-from .sweep import format_table, load_grid, parse_grid_options, sweep
-from .train import train
+from .inference.hub import fetch_run
+from .network.model import LADDER_ONLY, SideConfig
+from .training.sweep import format_table, load_grid, parse_grid_options, sweep
+from .training.train import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -124,7 +124,7 @@ def eval_cmd(checkpoint, **options) -> None:
     `#### n`, last-number fallback) or label accuracy, mean CoT length, tokens/s."""
     from extract.backbones import quiet_libraries
 
-    from .evaluate import evaluate
+    from .inference.evaluate import evaluate
 
     quiet_libraries()
     try:
@@ -148,7 +148,7 @@ def eval_cmd(checkpoint, **options) -> None:
 def loss_cmd(checkpoint, store, token_budget, device) -> None:
     """Teacher-forced loss per target token of CHECKPOINT on every example of STORE (e.g. the
     test split's store). Needs no backbone."""
-    from .evaluate import teacher_forced_loss
+    from .inference.evaluate import teacher_forced_loss
 
     try:
         loss = teacher_forced_loss(fetch_run(checkpoint), store, token_budget, device)
@@ -166,7 +166,7 @@ def check_cmd(store, device) -> None:
     first batch): reloads the backbone exactly as extracted and compares on the first examples."""
     from extract.backbones import quiet_libraries
 
-    from .check import check_store
+    from .inference.check import check_store
 
     quiet_libraries()
     try:
@@ -226,7 +226,7 @@ def generate_cmd(run, prompts, prompt_file, chat, max_new_tokens, temperature, t
     try:
         from transformers import TextStreamer
 
-        from .side_model import SideModel
+        from .inference.side_model import SideModel
 
         model = SideModel.from_pretrained(run, device=device, backbone_only=backbone_only)
         streamer = TextStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -271,7 +271,7 @@ def push_cmd(run, url, private) -> None:
     or `SideModel.from_pretrained("URL")`; push the store too (`featurestore push STORE
     hf://datasets/ORG/NAME`) to let them train from it.
     """
-    from .hub import push_run
+    from .inference.hub import push_run
 
     try:
         pushed = push_run(run, url, private=private or None)

@@ -1,8 +1,8 @@
 """The optimiser and data settings of a training job: the one place their defaults live.
 
-Plain dataclasses, JSON round-trippable, kept apart from the training loop so that checkpoint.py
-(which the loop imports) can read them back. Each field's metadata gives the help of its
-`train_side` option (see featurestore.options); train.py re-exports both classes.
+Plain dataclasses, JSON round-trippable, kept out of ``training`` (a neutral module, as
+checkpoint.py is) because a checkpoint records them and inference reads them back. Each field's
+metadata gives the help of its `train_side` option (see featurestore.options).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Training batches straight from a feature store: no backbone, sequential reads, read ahead.
+"""Batches straight from a feature store, for training and for evaluation's teacher-forced loss: no
+backbone, sequential reads, read ahead.
 
 A store is sorted by example length, so a run of consecutive examples pads little and reads as
 one sequential block per array. Batches are fixed runs of training examples under a token
@@ -11,7 +12,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ from featurestore import FeatureStore
 from featurestore.errors import UserError
 from featurestore.layout import plan_batches
 
-from .encoded import DECODERS, Encoded
+from .network.batch import Batch
+from .network.encoded import DECODERS, Encoded
 
 
 def loader_settings(device: torch.device) -> dict:
@@ -32,31 +33,6 @@ def loader_settings(device: torch.device) -> dict:
 
 class SplitError(UserError, ValueError):
     """A validation split the store cannot give; the message says why."""
-
-
-@dataclass
-class Batch:
-    """Right-padded examples: hidden states (B, T, d) per layer (float32, or still encoded as the
-    store keeps them: see ``encoded``), input_ids and loss_mask (B, T)."""
-
-    hidden: dict[int, torch.Tensor | Encoded]
-    input_ids: torch.Tensor  # int64, 0 on padding
-    loss_mask: torch.Tensor  # bool, False on padding
-    n_tokens: int  # real (unpadded) tokens
-
-    def to(self, device: torch.device) -> Batch:
-        """The batch on ``device``, still encoded (the side network decodes a layer there). From
-        pinned memory (``pin_memory``) the copies are asynchronous: the GPU's stream orders them
-        before the step that reads them, and the host goes on at once."""
-        move = lambda t: t.to(device, non_blocking=True)
-        return Batch({k: move(h) for k, h in self.hidden.items()}, move(self.input_ids), move(self.loss_mask),
-                     self.n_tokens)
-
-    def pin_memory(self) -> Batch:
-        """The batch in page-locked host memory (CUDA only), so ``to`` copies it asynchronously."""
-        pin = lambda t: t.pin_memory()
-        return Batch({k: pin(h) for k, h in self.hidden.items()}, pin(self.input_ids), pin(self.loss_mask),
-                     self.n_tokens)
 
 
 def split_examples(n_examples: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

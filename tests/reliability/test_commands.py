@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from tests import helpers
 from tests.train_side.tiny_store import write_tiny_store
-from train_side import rundir
 from train_side.cli import main as train_side
+from train_side.training import rundir
 
 
 def one_line_error(result, *phrases):

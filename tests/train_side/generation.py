@@ -2,7 +2,7 @@
 
 import torch
 
-from train_side.generate import generate
+from train_side.inference.generate import generate
 
 
 def assert_cached_generation_equals_recomputation(pipeline, prompts: list[list[int]], max_new_tokens: int) -> None:

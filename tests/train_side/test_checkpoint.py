@@ -5,7 +5,7 @@ import pytest
 from train_side import checkpoint
 from train_side.checkpoint import Checkpoint, CheckpointError
 from train_side.config import DataConfig, OptimConfig
-from train_side.train import train
+from train_side.training.train import train
 
 SMALL = {"side_width": 16, "n_heads": 2}
 

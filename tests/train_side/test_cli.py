@@ -8,8 +8,8 @@ import train_side.cli
 from tests.train_side.tiny_store import D, write_tiny_store
 from train_side import checkpoint
 from train_side.cli import main, train_cmd
-from train_side.sweep import GridError, parse_grid_options
 from train_side.config import DataConfig, OptimConfig
+from train_side.training.sweep import GridError, parse_grid_options
 
 
 def test_training_from_an_http_url_matches_training_from_the_local_store(tmp_path, http_server):

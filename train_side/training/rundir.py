@@ -20,7 +20,7 @@ from filelock import FileLock, Timeout
 
 from featurestore.errors import UserError
 
-from .checkpoint import RESUME, WEIGHTS
+from ..checkpoint import RESUME, WEIGHTS
 
 LOCK, OWNER = ".lock", ".lock.owner"
 

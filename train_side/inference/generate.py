@@ -17,8 +17,8 @@ from torch import Tensor
 from extract.backbones import Backbone
 from featurestore import Codec
 
-from .encoded import roundtrip
-from .model import FrozenHead, KVCache, SideNetwork
+from ..network.encoded import roundtrip
+from ..network.model import FrozenHead, KVCache, SideNetwork
 
 
 class Pipeline:

@@ -8,10 +8,12 @@ from click.testing import CliRunner
 
 from featurestore import FeatureStore
 from featurestore.hub import HubError
-from train_side import checkpoint, hub
+from train_side import checkpoint
 from train_side.cli import main
-from train_side.hub import fetch_run, model_card, push_run
-from train_side.train import DataConfig, train
+from train_side.config import DataConfig
+from train_side.inference import hub
+from train_side.inference.hub import fetch_run, model_card, push_run
+from train_side.training.train import train
 from tests.hub_fake import FakeHub, HubDown
 
 URL = "hf://team/tiny-ladder"

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from featurestore.errors import UserError
 
-from .model import FrozenHead
+from .batch import Batch
+from .model import FrozenHead, SideNetwork
 
 
 class LossError(UserError, ValueError):
@@ -82,3 +83,23 @@ def next_token_loss(y: Tensor, input_ids: Tensor, loss_mask: Tensor, head: Froze
     y_sel = y[:, :-1][predicts]  # (N, d)
     targets = input_ids[:, 1:][predicts].long()  # (N,)
     return linear_cross_entropy(y_sel, head.weight, targets, head.bias, head.softcap, chunk_size)
+
+
+def batch_loss(model: SideNetwork, head: FrozenHead, batch: Batch) -> torch.Tensor:
+    """Mean next-token loss over a batch's targets; bf16 autocast on GPU, the loss in float32."""
+    device = batch.input_ids.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        y = model({k: batch.hidden[k] for k in model.config.inputs})
+    return next_token_loss(y.float(), batch.input_ids, batch.loss_mask, head)
+
+
+@torch.no_grad()
+def mean_loss(model: SideNetwork, head: FrozenHead, batches) -> float:
+    """Mean loss per target token over batches (teacher-forced: no generation, no backbone)."""
+    model.eval()
+    total = targets = 0.0
+    for batch in batches:
+        n = int(batch.loss_mask[:, 1:].sum())
+        total += batch_loss(model, head, batch).item() * n
+        targets += n
+    return total / targets

@@ -34,11 +34,11 @@ from extract.tasks.prompts import encode_prompt, format_prompt
 from featurestore import get_codec
 from featurestore.errors import UserError
 
-from .checkpoint import Checkpoint, load_side
-from .evaluate import _reload_backbone
+from ..checkpoint import Checkpoint, load_side
+from .backbone import reload_backbone
 from .generate import Pipeline, generate
 from .hub import fetch_run
-from .model import FrozenHead
+from ..network.model import FrozenHead
 
 SUPPORTED = ("max_new_tokens", "max_length", "do_sample", "temperature", "top_p", "top_k", "eos_token_id",
              "pad_token_id", "streamer", "generation_config", "seed", "use_cache", "attention_mask")
@@ -82,7 +82,7 @@ class SideModel:
         checkpoint = Checkpoint.load(path)
         wanted = checkpoint.store.provenance.model
         if backbone is None:
-            backbone = _reload_backbone(wanted, device)
+            backbone = reload_backbone(wanted, device)
         elif differences := same_backbone(backbone.info, wanted):
             raise GenerationArgumentError(f"the backbone passed differs from the one {run} was trained on "
                                           f"({', '.join(differences)}); load it with from_pretrained({str(run)!r})")

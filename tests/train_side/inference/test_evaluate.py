@@ -12,11 +12,12 @@ from extract.run import extract
 from featurestore import FeatureStore
 from train_side import checkpoint
 from train_side.cli import main
-from train_side.evaluate import EvalError, evaluate, is_correct, teacher_forced_loss
+from train_side.inference.evaluate import EvalError, evaluate, is_correct, teacher_forced_loss
 from tests.train_side.generation import assert_cached_generation_equals_recomputation
-from train_side.generate import Pipeline, left_pad
-from train_side.model import FrozenHead, SideConfig, SideNetwork
-from train_side.train import DataConfig, train
+from train_side.config import DataConfig
+from train_side.inference.generate import Pipeline, left_pad
+from train_side.network.model import FrozenHead, SideConfig, SideNetwork
+from train_side.training.train import train
 
 
 @pytest.fixture(scope="module")

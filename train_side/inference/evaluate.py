@@ -12,26 +12,23 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from extract.backbones import resolve_backbone, same_backbone
+from extract.backbones import same_backbone
 from extract.provenance import Provenance
 from extract.tasks.answers import FINISHED_ANSWER, is_correct
 from extract.tasks.datasets import load_examples
 from extract.tasks.examples import Example
 from extract.tasks.prompts import encode_prompt
 from featurestore import FeatureStore, get_codec
-from featurestore.errors import UserError
 
-from .checkpoint import Checkpoint, load_side
-from .data import plan, read_ahead
+from ..checkpoint import Checkpoint, load_side
+from ..data import plan, read_ahead
+from ..devices import resolve_device
+from ..network.loss import mean_loss
+from ..network.model import FrozenHead
+from .backbone import EvalError, reload_backbone
 from .generate import Pipeline, generate
-from .model import FrozenHead
-from .train import mean_loss, resolve_device
 
 __all__ = ["EvalError", "answer", "evaluate", "is_correct", "score", "teacher_forced_loss"]
-
-
-class EvalError(UserError, ValueError):
-    """A checkpoint that cannot be evaluated as asked; the message says why."""
 
 
 def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: str | None = None,
@@ -45,7 +42,7 @@ def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: st
     subdirectory of the checkpoint). Returns the metrics."""
     trained = Checkpoint.load(checkpoint)
     provenance = trained.store.provenance
-    backbone = _reload_backbone(provenance.model, device)
+    backbone = reload_backbone(provenance.model, device)
     head = FrozenHead(*backbone.head()).to(backbone.device)
     side = None if backbone_only else load_side(checkpoint, backbone.device)[0]
     pipeline = Pipeline(backbone, head, side, get_codec(trained.store.codec))
@@ -106,16 +103,6 @@ def score(predictions: list[dict], seconds: float) -> dict:
     return {"examples": len(predictions), "accuracy": sum(p["correct"] for p in predictions) / len(predictions),
             "mean_cot_tokens": n_generated / len(predictions), "tokens_per_second": n_generated / seconds,
             "seconds": round(seconds, 2)}
-
-
-def _reload_backbone(model: dict, device: str):
-    """The backbone exactly as extracted, or an EvalError naming what differs."""
-    source = resolve_backbone(model["id"], quantization=model["quantization"], dtype=model["dtype"], device=device)
-    differences = same_backbone(source.info, model)
-    if differences:
-        raise EvalError(f"the backbone found at {model['id']} differs from the one the store was extracted from "
-                        f"({', '.join(differences)}); evaluate with the same weights, quantization and dtype")
-    return source.load()
 
 
 def teacher_forced_loss(checkpoint: str | Path, store: str | Path, token_budget: int = 4096,

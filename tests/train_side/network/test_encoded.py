@@ -5,11 +5,12 @@ import torch
 from featurestore import FeatureStore, get_codec
 from tests.featurestore import synth
 from tests.train_side.tiny_store import write_tiny_store
+from train_side.config import DataConfig
 from train_side.data import read_batch
-from train_side.encoded import DECODERS, Encoded, roundtrip
-from train_side.model import FrozenHead
-from train_side.sweep import configs
-from train_side.train import DataConfig, Run, backbone_dims, store_info
+from train_side.network.encoded import DECODERS, Encoded, roundtrip
+from train_side.network.model import FrozenHead
+from train_side.training.sweep import configs
+from train_side.training.train import Run, backbone_dims, store_info
 
 
 def tiny_run(store: FeatureStore, out) -> Run:

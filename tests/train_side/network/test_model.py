@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from train_side.loss import next_token_loss
-from train_side.model import FrozenHead, KVCache, NormLinear, RMSNorm, SideConfig, SideNetwork
+from train_side.network.loss import next_token_loss
+from train_side.network.model import FrozenHead, KVCache, NormLinear, RMSNorm, SideConfig, SideNetwork
 
 L, D, FF, V = 4, 32, 64, 50  # backbone blocks, width, MLP width, vocabulary
 

@@ -13,12 +13,13 @@ from featurestore import FeatureStore
 from featurestore import head as stored_head
 from tests.train_side.generation import assert_cached_generation_equals_recomputation
 from tests.models import FAMILIES
-from train_side.check import check_store
 from train_side.cli import main
 from train_side.data import read_batch
-from train_side.generate import Pipeline
-from train_side.model import FrozenHead, SideConfig, SideNetwork
-from train_side.train import backbone_dims, batch_loss
+from train_side.inference.check import check_store
+from train_side.inference.generate import Pipeline
+from train_side.network.loss import batch_loss
+from train_side.network.model import FrozenHead, SideConfig, SideNetwork
+from train_side.training.train import backbone_dims
 
 pytestmark = pytest.mark.slow  # a model of every family: CI runs it, the fast loop skips it
 

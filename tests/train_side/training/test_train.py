@@ -14,8 +14,9 @@ from tests.featurestore.synth import RecordingStore
 from tests.train_side.tiny_store import L
 from train_side import checkpoint
 from train_side.cli import main
-from train_side.sweep import sweep
-from train_side.train import DataConfig, OptimConfig, Run, train
+from train_side.config import DataConfig, OptimConfig
+from train_side.training.sweep import sweep
+from train_side.training.train import Run, train
 
 SMALL = {"side_width": 16, "n_heads": 2}
 

@@ -18,9 +18,9 @@ import yaml
 from featurestore.errors import UserError
 from featurestore.options import field_names, parse_setting
 
-from .checkpoint import Checkpoint
-from .config import DataConfig, OptimConfig
-from .model import LADDER_ONLY, SideConfig
+from ..checkpoint import Checkpoint
+from ..config import DataConfig, OptimConfig
+from ..network.model import LADDER_ONLY, SideConfig
 from .plots import compare_runs
 from .train import backbone_dims, fit
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from featurestore.hub import HubError, HubRepo, hub_api, is_hf_url, parse_hf_url
 
-from .checkpoint import CONFIG, WEIGHTS, Checkpoint
+from ..checkpoint import CONFIG, WEIGHTS, Checkpoint
 
 CARD = "README.md"
 PATTERNS = (WEIGHTS, CONFIG, "metrics.jsonl", "*.png", "eval/metrics.json", "eval/predictions.jsonl",

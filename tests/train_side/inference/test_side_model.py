@@ -14,11 +14,12 @@ from extract.tasks.prompts import encode_prompt
 from featurestore import FeatureStore
 from train_side import SideModel, checkpoint
 from train_side.cli import main
-from train_side.evaluate import EvalError
-from train_side.generate import Pipeline, generate, left_pad
-from train_side.model import FrozenHead
-from train_side.side_model import GenerationArgumentError
-from train_side.train import DataConfig, train
+from train_side.config import DataConfig
+from train_side.inference.evaluate import EvalError
+from train_side.inference.generate import Pipeline, generate, left_pad
+from train_side.inference.side_model import GenerationArgumentError
+from train_side.network.model import FrozenHead
+from train_side.training.train import train
 
 
 @pytest.fixture(scope="module")

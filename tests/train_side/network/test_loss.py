@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train_side.loss import linear_cross_entropy, next_token_loss
-from train_side.model import FrozenHead
+from train_side.network.loss import linear_cross_entropy, next_token_loss
+from train_side.network.model import FrozenHead
 
 N, D, V = 10, 8, 50
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from train_side.model import SideConfig, SideConfigError, SideNetwork
-from train_side.prune import init_from_backbone, pruned_settings, source_blocks
+from train_side.network.model import SideConfig, SideConfigError, SideNetwork
+from train_side.network.prune import init_from_backbone, pruned_settings, source_blocks
 
 
 def tiny_llama() -> LlamaForCausalLM:

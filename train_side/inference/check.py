@@ -13,7 +13,7 @@ from extract.backbones.check import CHECK_ROWS, CHECK_TOKENS, HeadCheck, check_h
 from extract.provenance import Provenance
 from featurestore import FeatureStore
 
-from .evaluate import _reload_backbone
+from .backbone import reload_backbone
 
 
 def check_store(store: str | Path, device: str = "auto") -> HeadCheck:
@@ -23,7 +23,7 @@ def check_store(store: str | Path, device: str = "auto") -> HeadCheck:
     HeadMismatchError when the head is wrong."""
     store = FeatureStore.open(store)
     model = Provenance.load(store.attrs).model
-    backbone = _reload_backbone(model, device)
+    backbone = reload_backbone(model, device)
     final = [model["n_layers"]] if model["n_layers"] in store.layers else []
     examples = [store.example(i, layers=final) for i in range(min(CHECK_ROWS, store.n_examples))]
     T = max(min(len(e.input_ids), CHECK_TOKENS) for e in examples)

@@ -20,12 +20,15 @@ from extract.provenance import Provenance
 from featurestore import FeatureStore
 from featurestore.errors import UserError
 
-from . import checkpoint, rundir
-from .checkpoint import Checkpoint, TrainedFrom
-from .config import DataConfig, OptimConfig
-from .data import Batch, epoch_order, loader_settings, plan, read_ahead, split_examples
-from .loss import next_token_loss
-from .model import FrozenHead, SideConfig, SideNetwork
+from .. import checkpoint
+from ..checkpoint import Checkpoint, TrainedFrom
+from ..config import DataConfig, OptimConfig
+from ..data import epoch_order, loader_settings, plan, read_ahead, split_examples
+from ..devices import resolve_device
+from ..network.batch import Batch
+from ..network.loss import batch_loss, mean_loss
+from ..network.model import FrozenHead, SideConfig, SideNetwork
+from . import rundir
 from .plots import loss_curve
 
 
@@ -35,38 +38,6 @@ class TrainError(UserError, ValueError):
 
 class RunDirectoryError(UserError, FileExistsError):
     """An output directory that already holds a training run, when a fresh one was asked for."""
-
-
-def batch_loss(model: SideNetwork, head: FrozenHead, batch: Batch) -> torch.Tensor:
-    """Mean next-token loss over a batch's targets; bf16 autocast on GPU, the loss in float32."""
-    device = batch.input_ids.device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        y = model({k: batch.hidden[k] for k in model.config.inputs})
-    return next_token_loss(y.float(), batch.input_ids, batch.loss_mask, head)
-
-
-@torch.no_grad()
-def mean_loss(model: SideNetwork, head: FrozenHead, batches) -> float:
-    """Mean loss per target token over batches (teacher-forced: no generation, no backbone)."""
-    model.eval()
-    total = targets = 0.0
-    for batch in batches:
-        n = int(batch.loss_mask[:, 1:].sum())
-        total += batch_loss(model, head, batch).item() * n
-        targets += n
-    return total / targets
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise TrainError(f"unknown --device {device!r}; use auto, cpu or cuda[:N]") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"--device {device}: this machine has no usable CUDA GPU; use --device cpu or auto")
-    return resolved
 
 
 def lr_factor(step: int, total_steps: int, optim: OptimConfig) -> float:
