@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from featurestore.errors import UserError
+from featurestore.cli import Command
 from featurestore.options import config_from_options, config_options
 
 from .backbones import quiet_libraries
@@ -13,7 +13,7 @@ from .distributed import Ranks
 from .run import extract
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @config_options(ExtractConfig)
 def main(**options) -> None:
     """Run a frozen backbone once over a dataset and store its per-layer hidden states.
@@ -37,8 +37,6 @@ def main(**options) -> None:
     quiet_libraries()
     try:
         result = extract(config_from_options(ExtractConfig, options))
-    except UserError as e:
-        raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
         raise click.ClickException("interrupted; finished shards are kept: rerun with --resume to continue") from None
     if not Ranks.from_env().leader:

@@ -19,7 +19,27 @@ from .verify import verify
 from .errors import StoreError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineUserErrors:
+    """The error boundary of a click command, and of every subcommand of a group: a
+    :class:`UserError` is printed as ``Error: <the first line of its message>`` with exit status 1;
+    anything else is a bug and keeps its traceback. Mixed in first: ``Command``, ``Group``."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            raise click.ClickException((str(e).splitlines() or [""])[0]) from None
+
+
+class Command(OneLineUserErrors, click.Command):
+    """A click command whose user errors are one line (``@click.command(cls=Command)``)."""
+
+
+class Group(OneLineUserErrors, click.Group):
+    """A click group whose commands' user errors are one line (``@click.group(cls=Group)``)."""
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Inspect, list, verify and copy feature stores (Zarr v3 groups of a frozen LLM's hidden states).
 
@@ -44,10 +64,7 @@ def cache_option(command):
 
 
 def _open(location: str) -> FeatureStore:
-    try:
-        return FeatureStore.open(location, allow_incomplete=True)
-    except UserError as e:
-        raise click.ClickException(str(e)) from None
+    return FeatureStore.open(location, allow_incomplete=True)
 
 
 def _sizes(store: FeatureStore) -> tuple[dict[str, int], list[inventory.Section]]:
@@ -202,8 +219,8 @@ def _copy(source: str, dest: str, allow_incomplete: bool) -> None:
 
         try:
             done = copy_store(source, dest, allow_incomplete=allow_incomplete, progress=progress)
-        except UserError as e:
-            raise click.ClickException(str(e).splitlines()[0]) from None
+        except UserError:
+            raise  # the boundary's, not one of the foreign errors below
         except (OSError, ImportError) as e:  # unreachable host, missing s3fs/gcsfs, unwritable destination
             raise click.ClickException(f"cannot copy {source} to {dest}: {str(e).splitlines()[0]}") from None
     if not done.copied and not done.present:
@@ -245,8 +262,8 @@ def _push_to_hub(store: str, url: str, allow_incomplete: bool, private: bool) ->
 
         try:
             pushed = push_store(store, url, private=private or None, progress=progress)
-        except UserError as e:
-            raise click.ClickException(str(e).splitlines()[0]) from None
+        except UserError:
+            raise  # the boundary's, not one of the foreign errors below
         except OSError as e:  # huggingface_hub's HTTP errors: unreachable, not logged in, no write access
             raise click.ClickException(f"cannot push to {url}: {str(e).splitlines()[0]}; check `hf auth login` "
                                        "and your access, then re-run to resume") from None

@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from featurestore.cli import cache_option
+from featurestore.cli import Group, cache_option
 from featurestore.errors import UserError
 from featurestore.options import config_from_options, config_options, config_values
 
@@ -19,7 +19,7 @@ from .training.sweep import format_table, load_grid, parse_grid_options, sweep
 from .training.train import train
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def main() -> None:
     """Train Ladder / xLadder side networks from a feature store written by `extract`.
 
@@ -67,10 +67,7 @@ def train_cmd(**o) -> None:
     """Train one side network from STORE into --out (side.safetensors, side_config.json,
     metrics.jsonl, loss.png)."""
     side, optim, data = split_options(o)
-    try:
-        run = train(o["store"], o["out"], side=side, optim=optim, data=data, device=o["device"], resume=o["resume"])
-    except UserError as e:
-        raise click.ClickException(str(e).splitlines()[0]) from None
+    run = train(o["store"], o["out"], side=side, optim=optim, data=data, device=o["device"], resume=o["resume"])
     val = "n/a" if run.val_loss is None else f"{run.val_loss:.4f}"
     click.echo(f"{run.side.kind}: {run.model.n_parameters():,} parameters, {run.step} steps in {run.seconds:.0f} s, "
                f"validation loss {val} -> {run.out}")
@@ -94,12 +91,9 @@ def sweep_cmd(grid_options, grid_file, jobs, **o) -> None:
       train_side sweep stores/x.zarr --out runs/sweep --grid kind=ladder,xladder --grid lr=1e-3,3e-3
     """
     side, optim, data = split_options(o)
-    try:
-        grid = (load_grid(grid_file) if grid_file else {}) | parse_grid_options(list(grid_options))
-        rows = sweep(o["store"], o["out"], grid, side=side, optim=vars(optim), data=data, device=o["device"],
-                     resume=o["resume"], jobs=jobs)
-    except UserError as e:
-        raise click.ClickException(str(e).splitlines()[0]) from None
+    grid = (load_grid(grid_file) if grid_file else {}) | parse_grid_options(list(grid_options))
+    rows = sweep(o["store"], o["out"], grid, side=side, optim=vars(optim), data=data, device=o["device"],
+                 resume=o["resume"], jobs=jobs)
     click.echo(format_table(rows))
     click.echo(f"\nsummary: {o['out']}/summary.csv, {o['out']}/val_loss.png")
 
@@ -127,13 +121,10 @@ def eval_cmd(checkpoint, **options) -> None:
     from .inference.evaluate import evaluate
 
     quiet_libraries()
-    try:
-        if is_hf_url(checkpoint) and options["out"] is None:  # not inside huggingface_hub's cache
-            name = checkpoint.removeprefix("hf://").replace("/", "--")
-            options["out"] = f"eval/{name}" + ("-backbone" if options["backbone_only"] else "")
-        m = evaluate(fetch_run(checkpoint), **options)
-    except UserError as e:
-        raise click.ClickException(str(e).splitlines()[0]) from None
+    if is_hf_url(checkpoint) and options["out"] is None:  # not inside huggingface_hub's cache
+        name = checkpoint.removeprefix("hf://").replace("/", "--")
+        options["out"] = f"eval/{name}" + ("-backbone" if options["backbone_only"] else "")
+    m = evaluate(fetch_run(checkpoint), **options)
     click.echo(f"{m['model']} on {m['dataset']} {m['split']} ({m['examples']} examples, {m['decoding']}): "
                f"accuracy {m['accuracy']:.1%}, mean CoT {m['mean_cot_tokens']:.1f} tokens, "
                f"{m['tokens_per_second']:.1f} tokens/s")
@@ -150,10 +141,7 @@ def loss_cmd(checkpoint, store, token_budget, device) -> None:
     test split's store). Needs no backbone."""
     from .inference.evaluate import teacher_forced_loss
 
-    try:
-        loss = teacher_forced_loss(fetch_run(checkpoint), store, token_budget, device)
-    except UserError as e:
-        raise click.ClickException(str(e).splitlines()[0]) from None
+    loss = teacher_forced_loss(fetch_run(checkpoint), store, token_budget, device)
     click.echo(f"teacher-forced loss {loss:.4f} per target token")
 
 
@@ -169,10 +157,7 @@ def check_cmd(store, device) -> None:
     from .inference.check import check_store
 
     quiet_libraries()
-    try:
-        result = check_store(store, device)
-    except UserError as e:
-        raise click.ClickException(str(e).splitlines()[0]) from None
+    result = check_store(store, device)
     click.echo(f"head check passed: largest difference {result.difference:.3g} from the model's logits "
                f"(allowed {result.allowed:.3g}; largest logit {result.largest:.3g})")
 
@@ -251,8 +236,6 @@ def generate_cmd(run, prompts, prompt_file, chat, max_new_tokens, temperature, t
                 click.echo(f"{'' if i == 0 else chr(10)}> {question}")
             n += answer(question)
         click.echo(f"({n} tokens in {time.perf_counter() - start:.1f} s)", err=True)
-    except UserError as e:
-        raise click.ClickException(str(e).splitlines()[0]) from None
     except click.Abort:  # Ctrl-D / Ctrl-C at the chat prompt
         click.echo("", err=True)
 
@@ -275,8 +258,8 @@ def push_cmd(run, url, private) -> None:
 
     try:
         pushed = push_run(run, url, private=private or None)
-    except UserError as e:
-        raise click.ClickException(str(e).splitlines()[0]) from None
+    except UserError:
+        raise  # the boundary's, not one of the foreign errors below (CheckpointError is an OSError)
     except OSError as e:  # huggingface_hub's HTTP errors: unreachable, not logged in, no write access
         raise click.ClickException(f"cannot push to {url}: {str(e).splitlines()[0]}; check `hf auth login` and "
                                    "your access, then re-run (nothing was committed)") from None

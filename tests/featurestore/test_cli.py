@@ -1,7 +1,9 @@
+import click
 import pytest
 from click.testing import CliRunner
 
-from featurestore.cli import main
+from featurestore.cli import Command, Group, main
+from featurestore.errors import StoreError
 from tests.featurestore import synth
 
 
@@ -55,3 +57,22 @@ def test_missing_store_is_a_one_line_error(tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"Error: no feature store at {tmp_path / 'nope.zarr'}"]
     assert run("ls", tmp_path / "nope").output.strip() == f"Error: {tmp_path / 'nope'} is not a directory"
+
+
+@pytest.mark.parametrize("cls", [Command, Group])
+def test_the_boundary_prints_a_user_errors_first_line_and_a_bug_keeps_its_traceback(cls):
+    def fail(error):
+        def command():
+            raise error
+
+        if cls is Command:
+            return click.command(cls=Command)(command)
+        group = click.group(cls=Group)(lambda: None)
+        group.command("sub")(command)
+        return group
+
+    args = [] if cls is Command else ["sub"]
+    result = CliRunner().invoke(fail(StoreError("what went wrong\nmore detail")), args)
+    assert (result.exit_code, result.output) == (1, "Error: what went wrong\n")
+    result = CliRunner().invoke(fail(RuntimeError("a bug")), args)
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
