@@ -119,12 +119,11 @@ def load_weights(out: Path, device: torch.device | str = "cpu") -> dict[str, tor
     return load_file(Path(out) / WEIGHTS, device=str(device))
 
 
-def load_side(out: Path, device: torch.device | str = "cpu") -> tuple[SideNetwork, dict]:
-    """The trained side network (eval mode) and its checkpoint config."""
-    config = load_config(out)
-    model = SideNetwork(Checkpoint.from_json(config).side).to(device)
+def load_side(out: Path, device: torch.device | str = "cpu") -> SideNetwork:
+    """The trained side network, in eval mode (:meth:`Checkpoint.load` reads the rest of the record)."""
+    model = SideNetwork(Checkpoint.load(out).side).to(device)
     model.load_state_dict(load_weights(out, device))
-    return model.eval(), config
+    return model.eval()
 
 
 def load_resume_state(out: Path, optimizer, scheduler, device: torch.device) -> int:

@@ -15,7 +15,7 @@ def test_a_checkpoint_is_a_typed_versioned_record_that_round_trips(tmp_path, tin
           progress=False)
     loaded = Checkpoint.load(tmp_path / "run")
     assert loaded.version == checkpoint.VERSION and loaded.optim.lr == 1e-3 and loaded.side.width == 16
-    assert loaded.store.provenance.model["id"] == "tiny" and loaded.store.codec["name"] == "fp32"
+    assert loaded.store.provenance.model.id == "tiny" and loaded.store.codec["name"] == "fp32"
     assert Checkpoint.from_json(json.loads(json.dumps(loaded.to_json()))) == loaded
     assert loaded.to_json() == checkpoint.load_config(tmp_path / "run")  # what is on disk, key for key
 

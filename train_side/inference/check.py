@@ -24,7 +24,7 @@ def check_store(store: str | Path, device: str = "auto") -> HeadCheck:
     store = FeatureStore.open(store)
     model = Provenance.load(store.attrs).model
     backbone = reload_backbone(model, device)
-    final = [model["n_layers"]] if model["n_layers"] in store.layers else []
+    final = [model.n_layers] if model.n_layers in store.layers else []
     examples = [store.example(i, layers=final) for i in range(min(CHECK_ROWS, store.n_examples))]
     T = max(min(len(e.input_ids), CHECK_TOKENS) for e in examples)
     ids = torch.full((len(examples), T), backbone.tokenizer.pad_token_id, dtype=torch.long)

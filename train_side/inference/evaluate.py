@@ -7,15 +7,15 @@ import json
 import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from extract.backbones import same_backbone
-from extract.provenance import Provenance
+from extract.provenance import Provenance, Template
 from extract.tasks.answers import FINISHED_ANSWER, is_correct
-from extract.tasks.datasets import load_examples
 from extract.tasks.examples import Example
 from extract.tasks.prompts import encode_prompt
 from featurestore import FeatureStore, get_codec
@@ -38,24 +38,23 @@ def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: st
     """Generates answers for a dataset split with the checkpoint's side network (or, with
     ``backbone_only``, its backbone alone: the baseline) and scores them. The backbone is
     reloaded exactly as the checkpoint's store was extracted (weights, quantization, dtype);
-    another one is refused. Writes predictions.jsonl and metrics.json to ``out`` (default: a
+    another one is refused. ``dataset`` (default: the store's) is read with the store's question
+    and answer fields. Writes predictions.jsonl and metrics.json to ``out`` (default: a
     subdirectory of the checkpoint). Returns the metrics."""
     trained = Checkpoint.load(checkpoint)
     provenance = trained.store.provenance
     backbone = reload_backbone(provenance.model, device)
     head = FrozenHead(*backbone.head()).to(backbone.device)
-    side = None if backbone_only else load_side(checkpoint, backbone.device)[0]
+    side = None if backbone_only else load_side(checkpoint, backbone.device)
     pipeline = Pipeline(backbone, head, side, get_codec(trained.store.codec))
 
-    data = provenance.dataset
-    examples, _ = load_examples(dataset or data["dataset"], split, question_field=data.get("question_field", "question"),
-                                answer_field=data.get("answer_field", "answer"), config=data.get("config"),
-                                seed=data.get("seed", 0), limit=limit)
-    predictions, seconds = answer(pipeline, backbone.tokenizer, examples, provenance.template or {"name": "plain"},
+    data = replace(provenance.dataset, dataset=dataset) if dataset else provenance.dataset
+    examples = data.load(split, limit)
+    predictions, seconds = answer(pipeline, backbone.tokenizer, examples, provenance.template,
                                   max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
                                   top_p=top_p, seed=seed, progress=progress)
     metrics = {"model": "backbone" if backbone_only else trained.side.kind, "checkpoint": str(checkpoint),
-               "dataset": dataset or data["dataset"], "split": split,
+               "dataset": data.dataset, "split": split,
                **score(predictions, seconds),
                "decoding": "greedy" if temperature == 0 else f"T={temperature}, top_p={top_p}",
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
@@ -66,15 +65,15 @@ def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: st
     return metrics
 
 
-def answer(pipeline, tokenizer, examples: list[Example], template: dict, *, max_new_tokens: int = 128,
+def answer(pipeline, tokenizer, examples: list[Example], template: Template, *, max_new_tokens: int = 128,
            batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
            progress: bool = True) -> tuple[list[dict], float]:
     """Generates an answer to every example with ``pipeline`` (anything with ``start``, ``step``
     and ``device``, see :class:`.generate.Pipeline`), prompted with the store's ``template``,
     until EOS or a finished ``#### n`` line. Returns one scored prediction per example, in order,
     and the seconds spent generating."""
-    prompts = [encode_prompt(tokenizer, e.question, template["name"]) for e in examples]
-    eos = {tokenizer.eos_token_id, template.get("eos_token_id")} - {None}
+    prompts = [encode_prompt(tokenizer, e.question, template.name) for e in examples]
+    eos = template.eos_token_ids(tokenizer)
     stop = lambda tokens: tokens[-1] in eos or bool(FINISHED_ANSWER.search(tokenizer.decode(tokens)))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batch similar lengths together
     generated: dict[int, list[int]] = {}
@@ -113,11 +112,11 @@ def teacher_forced_loss(checkpoint: str | Path, store: str | Path, token_budget:
     if store.codec.spec != trained.codec:
         raise EvalError("the store's codec differs from the checkpoint's training store; use a store extracted "
                         "the same way")
-    differences = same_backbone(Provenance.load(store.attrs).model, trained.provenance.model)
+    differences = same_backbone(Provenance.load(store.attrs).model.to_json(), trained.provenance.model.to_json())
     if differences:
         raise EvalError(f"the store was extracted from another backbone ({', '.join(differences)})")
     torch_device = resolve_device(device)
-    side, _ = load_side(checkpoint, torch_device)
+    side = load_side(checkpoint, torch_device)
     head = FrozenHead(*store.head()).to(torch_device)
     batches = plan(store, np.arange(store.n_examples), token_budget)
     return mean_loss(side, head, (b.to(torch_device) for b in read_ahead(store, batches, side.config.inputs)))

@@ -92,9 +92,8 @@ def model_card(run: Path, repo: HubRepo) -> str:
     and the metrics measured (validation loss; every evaluation's metrics.json), and how to use it."""
     c = Checkpoint.load(run)
     model, data = c.store.provenance.model, c.store.provenance.dataset
-    template = (c.store.provenance.template or {}).get("name", "plain")
     evals = {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(run).glob("eval*/metrics.json"))}
-    base = model.get("id", "?")
+    base = model.id or "?"
     front = ["---", "library_name: ladder-cache", "tags:", "- ladder-side-tuning", f"- {c.side.kind}"]
     if "/" in base and not base.startswith("/"):  # a hub id, not a local path or a packaged alias
         front.append(f"base_model: {base}")
@@ -103,10 +102,10 @@ def model_card(run: Path, repo: HubRepo) -> str:
         ("side network", f"{c.side.kind}, {c.n_parameters:,} parameters, width {c.side.width}, "
                          f"{c.side.n_blocks} blocks, reading hidden states {', '.join(map(str, c.side.inputs))}"),
         ("backbone", _backbone(c)),
-        ("backbone weights sha256", f"`{model.get('weights_hash', '?')}`"),
+        ("backbone weights sha256", f"`{model.weights_hash or '?'}`"),
         ("store fingerprint", f"`{c.store.fingerprint}` (codec {c.store.codec.get('name', '?')})"),
-        ("data", f"{data.get('dataset', '?')}, split {data.get('split', '?')}, {data.get('n_examples', '?')} "
-                 f"examples, template {template}"),
+        ("data", f"{data.dataset or '?'}, split {data.split or '?'}, {data.n_examples or '?'} examples, "
+                 f"template {c.store.provenance.template.name}"),
         ("training", f"{c.step} steps, {c.epochs:g} epochs, lr {c.optim.lr:g}, {c.train_seconds:.0f} s"),
         ("validation loss", "n/a" if c.val_loss is None else f"{c.val_loss:.4f}"),
     ]
@@ -130,5 +129,4 @@ def model_card(run: Path, repo: HubRepo) -> str:
 
 def _backbone(c: Checkpoint) -> str:
     m = c.store.provenance.model
-    return f"{m.get('id', '?')} ({m.get('architecture', '?')}, {m.get('dtype', '?')}, quantization " \
-           f"{m.get('quantization', '?')})"
+    return f"{m.id or '?'} ({m.architecture or '?'}, {m.dtype or '?'}, quantization {m.quantization or '?'})"

@@ -67,9 +67,9 @@ class SideModel:
         self.pipeline, self.checkpoint, self.run = pipeline, checkpoint, run
         self.backbone: Backbone = pipeline.backbone
         self.tokenizer = pipeline.backbone.tokenizer
-        template = checkpoint.store.provenance.template or {"name": "plain"}
-        self.template: str = template["name"]
-        self.eos_token_ids: list[int] = sorted({self.tokenizer.eos_token_id, template.get("eos_token_id")} - {None})
+        template = checkpoint.store.provenance.template
+        self.template: str = template.name
+        self.eos_token_ids: list[int] = sorted(template.eos_token_ids(self.tokenizer))
 
     @classmethod
     def from_pretrained(cls, run: str | Path, *, device: str = "auto", backbone: Backbone | None = None,
@@ -83,11 +83,11 @@ class SideModel:
         wanted = checkpoint.store.provenance.model
         if backbone is None:
             backbone = reload_backbone(wanted, device)
-        elif differences := same_backbone(backbone.info, wanted):
+        elif differences := same_backbone(backbone.info, wanted.to_json()):
             raise GenerationArgumentError(f"the backbone passed differs from the one {run} was trained on "
                                           f"({', '.join(differences)}); load it with from_pretrained({str(run)!r})")
         head = FrozenHead(*backbone.head()).to(backbone.device)
-        side = None if backbone_only else load_side(path, backbone.device)[0]
+        side = None if backbone_only else load_side(path, backbone.device)
         return cls(Pipeline(backbone, head, side, get_codec(checkpoint.store.codec)), checkpoint, path)
 
     @property

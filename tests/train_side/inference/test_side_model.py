@@ -43,7 +43,7 @@ def eval_pipeline(run, tiny_llama):
     trained = checkpoint.Checkpoint.load(run)
     backbone = load_backbone(str(tiny_llama))
     store = FeatureStore.open(trained.store.location)
-    return Pipeline(backbone, FrozenHead(*store.head()), checkpoint.load_side(run)[0], store.codec)
+    return Pipeline(backbone, FrozenHead(*store.head()), checkpoint.load_side(run), store.codec)
 
 
 @pytest.fixture(scope="module")

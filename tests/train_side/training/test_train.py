@@ -53,7 +53,7 @@ def test_xladder_reads_only_the_top_hidden_states(tmp_path, tiny_store):
 
 def test_checkpoint_holds_only_the_side_network_and_round_trips(tmp_path, tiny_store):
     run = train(tiny_store, tmp_path / "c", side=SMALL, data=DataConfig(epochs=1), progress=False)
-    model, config = checkpoint.load_side(tmp_path / "c")
+    model, config = checkpoint.load_side(tmp_path / "c"), checkpoint.load_config(tmp_path / "c")
     saved = weights(tmp_path / "c")
     assert saved.keys() == run.model.state_dict().keys()  # no head, no backbone
     assert sum(t.numel() for t in saved.values()) == run.model.n_parameters() == config["n_parameters"]
