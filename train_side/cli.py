@@ -12,7 +12,7 @@ from featurestore.options import config_from_options, config_options, config_val
 
 from featurestore.hub import is_hf_url
 
-from .config import DataConfig, OptimConfig
+from .config import DataConfig, GenerateConfig, OptimConfig
 from .inference.hub import fetch_run
 from .network.model import LADDER_ONLY, SideConfig
 from .training.sweep import format_table, load_grid, parse_grid_options, sweep
@@ -104,11 +104,7 @@ def sweep_cmd(grid_options, grid_file, jobs, **o) -> None:
 @click.option("--dataset", default=None, help="Default: the dataset of the checkpoint's store.")
 @click.option("--split", default="test")
 @click.option("--limit", type=int, default=None, help="First N examples of the split.")
-@click.option("--max-new-tokens", default=128)
-@click.option("--batch-size", default=16, help="Sequences generated together (left-padded).")
-@click.option("--temperature", default=0.0, help="0: greedy; above 0: nucleus sampling.")
-@click.option("--top-p", default=1.0)
-@click.option("--seed", default=0, help="Sampling seed.")
+@config_options(GenerateConfig)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Where predictions.jsonl and metrics.json go (default: CHECKPOINT/eval[-backbone]).")
 @click.option("--device", default="auto")
@@ -124,7 +120,8 @@ def eval_cmd(checkpoint, **options) -> None:
     if is_hf_url(checkpoint) and options["out"] is None:  # not inside huggingface_hub's cache
         name = checkpoint.removeprefix("hf://").replace("/", "--")
         options["out"] = f"eval/{name}" + ("-backbone" if options["backbone_only"] else "")
-    m = evaluate(fetch_run(checkpoint), **options)
+    generation = config_from_options(GenerateConfig, options)
+    m = evaluate(fetch_run(checkpoint), generation=generation, **options)
     click.echo(f"{m['model']} on {m['dataset']} {m['split']} ({m['examples']} examples, {m['decoding']}): "
                f"accuracy {m['accuracy']:.1%}, mean CoT {m['mean_cot_tokens']:.1f} tokens, "
                f"{m['tokens_per_second']:.1f} tokens/s")
@@ -170,16 +167,11 @@ def check_cmd(store, device) -> None:
 @click.option("--chat", is_flag=True, help="Interactive: type a question, read the answer as it is generated, "
                                            "repeat; an empty line or Ctrl-D ends. Each question is answered on "
                                            "its own (the run's template is single-turn).")
-@click.option("--max-new-tokens", default=256, type=click.IntRange(min=1))
-@click.option("--temperature", default=0.0, type=click.FloatRange(min=0), help="0: greedy; above 0: sampling.")
-@click.option("--top-p", default=1.0, type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling mass.")
-@click.option("--top-k", default=0, type=click.IntRange(min=0), help="Sample among the k most likely (0: all).")
-@click.option("--seed", default=0, help="Sampling seed (the same seed repeats the same text).")
+@config_options(GenerateConfig, skip=("batch_size",))  # one prompt at a time, streamed
 @click.option("--raw", is_flag=True, help="Send each prompt as it is, without the run's prompt template.")
 @click.option("--backbone-only", is_flag=True, help="The run's backbone alone (the baseline), same template.")
 @click.option("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N].")
-def generate_cmd(run, prompts, prompt_file, chat, max_new_tokens, temperature, top_p, top_k, seed, raw,
-                 backbone_only, device) -> None:
+def generate_cmd(run, prompts, prompt_file, chat, raw, backbone_only, device, **options) -> None:
     """Answer your own prompts with the side network of RUN (a run directory or hf://ORG/NAME),
     streaming the text as it is generated.
 
@@ -215,8 +207,7 @@ def generate_cmd(run, prompts, prompt_file, chat, max_new_tokens, temperature, t
 
         model = SideModel.from_pretrained(run, device=device, backbone_only=backbone_only)
         streamer = TextStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        settings = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
-                        top_p=top_p, top_k=top_k, seed=seed, streamer=streamer)
+        settings = dict(generation_config=config_from_options(GenerateConfig, options), streamer=streamer)
 
         def answer(question: str) -> int:
             ids = model.tokenizer(question, add_special_tokens=False).input_ids if raw else model.encode(question)

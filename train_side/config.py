@@ -1,13 +1,16 @@
-"""The optimiser and data settings of a training job: the one place their defaults live.
+"""The optimiser and data settings of a training job, and the generation settings of a trained
+network: the one place their defaults live.
 
-Plain dataclasses, JSON round-trippable, kept out of ``training`` (a neutral module, as
-checkpoint.py is) because a checkpoint records them and inference reads them back. Each field's
-metadata gives the help of its `train_side` option (see featurestore.options).
+Plain dataclasses, JSON round-trippable, kept out of ``training`` and ``inference`` (a neutral
+module, as checkpoint.py is): a checkpoint records the training settings and inference reads them
+back; the commands (``train_side.cli``) derive their options from all of them without loading
+inference's torch and transformers. Each field's metadata gives the help of its `train_side`
+option (see featurestore.options).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass
@@ -40,3 +43,35 @@ class DataConfig:
         "help": "Steps between validations (0: at the end of each epoch only).", "min": 0})
     save_every: int = field(default=0, metadata={
         "help": "Steps between checkpoints (0: at the end of each epoch only).", "min": 0})
+
+
+@dataclass
+class GenerateConfig:
+    """How text is generated after a prompt, by `train_side eval` and `generate`, ``evaluate()``,
+    ``generate()`` and ``SideModel.generate`` alike: greedy by default, sampling when
+    ``temperature`` is above 0."""
+
+    max_new_tokens: int = field(default=128, metadata={  # eval's and SideModel's all along (generate had 256)
+        "help": "Most tokens generated after a prompt (it stops earlier at EOS; eval also at a finished "
+                "'#### n' line).", "min": 1})
+    temperature: float = field(default=0.0, metadata={"help": "0: greedy; above 0: sampling.", "min": 0})
+    top_p: float = field(default=1.0, metadata={
+        "help": "Nucleus sampling mass: sample among the most likely tokens holding this probability.",
+        "min": 0, "min_open": True, "max": 1})
+    top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens (0: all).", "min": 0})
+    seed: int = field(default=0, metadata={"help": "Sampling seed (the same seed repeats the same text)."})
+    batch_size: int = field(default=16, metadata={
+        "help": "Prompts generated together (left-padded).", "min": 1})
+
+    @classmethod
+    def resolve(cls, config: GenerateConfig | None = None, **settings) -> GenerateConfig:
+        """``config`` (default: the defaults) with the fields named in ``settings`` replaced, e.g.
+        ``GenerateConfig.resolve(max_new_tokens=64)``; an unknown name is a TypeError."""
+        return replace(config or cls(), **settings)
+
+    @property
+    def decoding(self) -> str:
+        """How tokens are chosen, in words: ``greedy`` or ``T=0.7, top_p=0.9[, top_k=20]``."""
+        if self.temperature == 0:
+            return "greedy"
+        return f"T={self.temperature}, top_p={self.top_p}" + (f", top_k={self.top_k}" if self.top_k else "")

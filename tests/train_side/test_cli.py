@@ -1,5 +1,7 @@
 """The `train_side` command line: its options, its errors, and a store served over HTTP."""
 
+from dataclasses import asdict
+
 import pytest
 from click.testing import CliRunner
 from safetensors.torch import load_file
@@ -8,7 +10,7 @@ import train_side.cli
 from tests.train_side.tiny_store import D, write_tiny_store
 from train_side import checkpoint
 from train_side.cli import main, train_cmd
-from train_side.config import DataConfig, OptimConfig
+from train_side.config import DataConfig, GenerateConfig, OptimConfig
 from train_side.training.sweep import GridError, parse_grid_options
 
 
@@ -33,6 +35,15 @@ def test_every_flag_is_a_dataclass_field_with_its_default():
     assert params["lr"].default == OptimConfig().lr and params["data_seed"].default == DataConfig().seed
     assert "--heads" in params["n_heads"].opts and "--no-mix" in params["mix"].secondary_opts
     assert {"n_layers", "hidden_size", "intermediate_size"}.isdisjoint(params)  # read from the store
+
+
+def test_eval_and_generate_take_every_generation_setting_with_its_one_default():
+    for command, skipped in (("eval", set()), ("generate", {"batch_size"})):  # generate streams one prompt at a time
+        defaults = {p.name: p.default for p in main.commands[command].params}
+        expected = {k: v for k, v in asdict(GenerateConfig()).items() if k not in skipped}
+        assert {k: defaults[k] for k in expected} == expected and not skipped & defaults.keys()
+    assert GenerateConfig().decoding == "greedy"
+    assert GenerateConfig.resolve(temperature=0.7, top_k=20).decoding == "T=0.7, top_p=1.0, top_k=20"
 
 
 def test_a_grid_key_may_be_any_name_of_a_flag():

@@ -21,6 +21,7 @@ from extract.tasks.prompts import encode_prompt
 from featurestore import FeatureStore, get_codec
 
 from ..checkpoint import Checkpoint, load_side
+from ..config import GenerateConfig
 from ..data import plan, read_ahead
 from ..devices import resolve_device
 from ..network.loss import mean_loss
@@ -32,15 +33,16 @@ __all__ = ["EvalError", "answer", "evaluate", "is_correct", "score", "teacher_fo
 
 
 def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: str | None = None,
-             split: str = "test", limit: int | None = None, max_new_tokens: int = 128, batch_size: int = 16,
-             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, out: str | Path | None = None,
-             device: str = "auto", progress: bool = True) -> dict:
+             split: str = "test", limit: int | None = None, generation: GenerateConfig | None = None,
+             out: str | Path | None = None, device: str = "auto", progress: bool = True, **settings) -> dict:
     """Generates answers for a dataset split with the checkpoint's side network (or, with
     ``backbone_only``, its backbone alone: the baseline) and scores them. The backbone is
     reloaded exactly as the checkpoint's store was extracted (weights, quantization, dtype);
     another one is refused. ``dataset`` (default: the store's) is read with the store's question
-    and answer fields. Writes predictions.jsonl and metrics.json to ``out`` (default: a
-    subdirectory of the checkpoint). Returns the metrics."""
+    and answer fields. ``generation`` (default: GenerateConfig's defaults) may be amended by field
+    name in ``settings`` (``max_new_tokens=64``). Writes predictions.jsonl and metrics.json to
+    ``out`` (default: a subdirectory of the checkpoint). Returns the metrics."""
+    generation = GenerateConfig.resolve(generation, **settings)
     trained = Checkpoint.load(checkpoint)
     provenance = trained.store.provenance
     backbone = reload_backbone(provenance.model, device)
@@ -50,13 +52,10 @@ def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: st
 
     data = replace(provenance.dataset, dataset=dataset) if dataset else provenance.dataset
     examples = data.load(split, limit)
-    predictions, seconds = answer(pipeline, backbone.tokenizer, examples, provenance.template,
-                                  max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
-                                  top_p=top_p, seed=seed, progress=progress)
+    predictions, seconds = answer(pipeline, backbone.tokenizer, examples, provenance.template, generation,
+                                  progress=progress)
     metrics = {"model": "backbone" if backbone_only else trained.side.kind, "checkpoint": str(checkpoint),
-               "dataset": data.dataset, "split": split,
-               **score(predictions, seconds),
-               "decoding": "greedy" if temperature == 0 else f"T={temperature}, top_p={top_p}",
+               "dataset": data.dataset, "split": split, **score(predictions, seconds), "decoding": generation.decoding,
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
     out = Path(out) if out else Path(checkpoint) / ("eval-backbone" if backbone_only else "eval")
     out.mkdir(parents=True, exist_ok=True)
@@ -65,13 +64,14 @@ def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: st
     return metrics
 
 
-def answer(pipeline, tokenizer, examples: list[Example], template: Template, *, max_new_tokens: int = 128,
-           batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-           progress: bool = True) -> tuple[list[dict], float]:
+def answer(pipeline, tokenizer, examples: list[Example], template: Template, generation: GenerateConfig | None = None,
+           *, progress: bool = True, **settings) -> tuple[list[dict], float]:
     """Generates an answer to every example with ``pipeline`` (anything with ``start``, ``step``
     and ``device``, see :class:`.generate.Pipeline`), prompted with the store's ``template``,
-    until EOS or a finished ``#### n`` line. Returns one scored prediction per example, in order,
-    and the seconds spent generating."""
+    until EOS or a finished ``#### n`` line, ``generation.batch_size`` examples at a time
+    (``generation`` amended by ``settings`` as in :func:`evaluate`). Returns one scored
+    prediction per example, in order, and the seconds spent generating."""
+    generation = GenerateConfig.resolve(generation, **settings)
     prompts = [encode_prompt(tokenizer, e.question, template.name) for e in examples]
     eos = template.eos_token_ids(tokenizer)
     stop = lambda tokens: tokens[-1] in eos or bool(FINISHED_ANSWER.search(tokenizer.decode(tokens)))
@@ -79,11 +79,10 @@ def answer(pipeline, tokenizer, examples: list[Example], template: Template, *, 
     generated: dict[int, list[int]] = {}
     start = time.perf_counter()
     with tqdm(total=len(prompts), unit="example", desc="generate", disable=not progress, file=sys.stderr) as bar:
-        for b in range(0, len(order), batch_size):
-            batch = order[b : b + batch_size]
-            outputs = generate(pipeline, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
-                               pad_id=tokenizer.pad_token_id, stop=stop, temperature=temperature, top_p=top_p,
-                               seed=seed + b)
+        for b in range(0, len(order), generation.batch_size):
+            batch = order[b : b + generation.batch_size]
+            outputs = generate(pipeline, [prompts[i] for i in batch], pad_id=tokenizer.pad_token_id, stop=stop,
+                               config=generation, seed=generation.seed + b)
             generated.update(zip(batch, outputs))
             bar.update(len(batch))
     seconds = time.perf_counter() - start

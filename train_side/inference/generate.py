@@ -17,6 +17,7 @@ from torch import Tensor
 from extract.backbones import Backbone
 from featurestore import Codec
 
+from ..config import GenerateConfig
 from ..network.encoded import roundtrip
 from ..network.model import FrozenHead, KVCache, SideNetwork
 
@@ -79,21 +80,24 @@ def choose(logits: Tensor, temperature: float, top_p: float, generator: torch.Ge
     return order.gather(-1, picked).squeeze(-1)
 
 
-def generate(pipeline: Pipeline, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int,
-             stop: Callable[[list[int]], bool], temperature: float = 0.0, top_p: float = 1.0,
-             seed: int = 0, top_k: int = 0, on_step: Callable[[Tensor], None] | None = None) -> list[list[int]]:
-    """Generates for a batch of prompts until every sequence is stopped (``stop(tokens)``, e.g.
-    EOS or a finished answer line) or ``max_new_tokens``; returns each sequence's new tokens.
+def generate(pipeline: Pipeline, prompts: list[list[int]], *, pad_id: int, stop: Callable[[list[int]], bool],
+             config: GenerateConfig | None = None, on_step: Callable[[Tensor], None] | None = None,
+             **settings) -> list[list[int]]:
+    """Generates for a batch of prompts (all together: ``config.batch_size`` is the callers' to
+    apply) until every sequence is stopped (``stop(tokens)``, e.g. EOS or a finished answer line)
+    or ``max_new_tokens``; returns each sequence's new tokens. ``config`` (default: the defaults)
+    may be amended by field name in ``settings`` (``max_new_tokens=64, temperature=0.7``).
     ``on_step(tokens)`` sees each step's chosen tokens (B,) as they come (streaming output)."""
+    config = GenerateConfig.resolve(config, **settings)
     device = pipeline.device
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))
     caches = pipeline.start()
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
     logits = pipeline.step(ids, mask, caches)[:, -1]
     outputs: list[list[int]] = [[] for _ in prompts]
     done = np.zeros(len(prompts), dtype=bool)
-    for _ in range(max_new_tokens):
-        tokens = choose(logits, temperature, top_p, generator, top_k)
+    for _ in range(config.max_new_tokens):
+        tokens = choose(logits, config.temperature, config.top_p, generator, config.top_k)
         if on_step is not None:
             on_step(tokens)
         for i, token in enumerate(tokens.tolist()):

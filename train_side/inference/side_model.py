@@ -35,6 +35,7 @@ from featurestore import get_codec
 from featurestore.errors import UserError
 
 from ..checkpoint import Checkpoint, load_side
+from ..config import GenerateConfig
 from .backbone import reload_backbone
 from .generate import Pipeline, generate
 from .hub import fetch_run
@@ -42,6 +43,13 @@ from ..network.model import FrozenHead
 
 SUPPORTED = ("max_new_tokens", "max_length", "do_sample", "temperature", "top_p", "top_k", "eos_token_id",
              "pad_token_id", "streamer", "generation_config", "seed", "use_cache", "attention_mask")
+
+
+def by_transformers_names(config: GenerateConfig) -> dict:
+    """``config``'s settings as transformers names them: a temperature of 0 is ``do_sample=False``
+    (and a sampling temperature, when do_sample is asked for without one, is 1)."""
+    return {"max_new_tokens": config.max_new_tokens, "do_sample": config.temperature > 0,
+            "temperature": config.temperature or 1.0, "top_p": config.top_p, "top_k": config.top_k, "seed": config.seed}
 
 
 class GenerationArgumentError(UserError, ValueError):
@@ -123,13 +131,15 @@ class SideModel:
                  **kwargs) -> Tensor:
         """Generates after each row of ``input_ids`` (B, T; left or right padding marked by
         ``attention_mask``) and returns the rows followed by their new tokens (B, T + new), padded
-        with ``pad_token_id`` after EOS, as transformers does. Arguments, by transformers' names:
-        ``max_new_tokens`` (default 128) or ``max_length``, ``do_sample`` (default greedy),
-        ``temperature``, ``top_p``, ``top_k`` (default 0: off, as ``train_side eval`` samples),
-        ``eos_token_id`` (default: the tokenizer's and the template's; ``[]`` for none),
-        ``pad_token_id``, ``streamer`` (a ``TextStreamer``, batch size 1), ``generation_config``
-        (its fields are the defaults of the others), and ``seed`` (default: drawn from torch's
-        global generator, so ``torch.manual_seed`` makes sampling repeat)."""
+        with ``pad_token_id`` after EOS, as transformers does. Arguments, by transformers' names,
+        their defaults :class:`~train_side.config.GenerateConfig`'s (as ``train_side eval`` and
+        ``generate`` have them): ``max_new_tokens`` or ``max_length``, ``do_sample`` (default
+        greedy), ``temperature`` (default 1 when sampling, as in transformers), ``top_p``,
+        ``top_k`` (0: off), ``eos_token_id`` (default: the tokenizer's and the template's; ``[]``
+        for none), ``pad_token_id``, ``streamer`` (a ``TextStreamer``, batch size 1),
+        ``generation_config`` (transformers' ``GenerationConfig`` or a ``GenerateConfig``: its
+        fields are the defaults of the others), and ``seed`` (default: drawn from torch's global
+        generator, so ``torch.manual_seed`` makes sampling repeat)."""
         options = self._options(kwargs)
         if input_ids is None and kwargs.get("inputs") is None:
             raise GenerationArgumentError("generate() needs input_ids: the prompt's token ids, e.g. "
@@ -142,7 +152,8 @@ class SideModel:
             raise GenerationArgumentError("a row of input_ids has no real token (its attention_mask is all 0)")
         max_new = options["max_new_tokens"]
         if max_new is None:
-            max_new = 128 if options["max_length"] is None else options["max_length"] - ids.shape[1]
+            max_length = options["max_length"]
+            max_new = GenerateConfig().max_new_tokens if max_length is None else max_length - ids.shape[1]
         sampling = bool(options["do_sample"])
         seed = options["seed"]
         if seed is None:
@@ -185,10 +196,12 @@ class SideModel:
                                           f"{', '.join(SUPPORTED)}")
         if kwargs.pop("use_cache", True) is False:
             raise GenerationArgumentError("generate() always uses both KV caches; drop use_cache=False")
-        options = {"max_new_tokens": None, "max_length": None, "do_sample": False, "temperature": 1.0, "top_p": 1.0,
-                   "top_k": 0, "eos_token_id": None, "pad_token_id": None, "streamer": None, "seed": None}
+        options = {**by_transformers_names(GenerateConfig()), "max_new_tokens": None, "max_length": None,
+                   "eos_token_id": None, "pad_token_id": None, "streamer": None, "seed": None}
         config = kwargs.pop("generation_config", None)
-        if config is not None:
+        if isinstance(config, GenerateConfig):
+            options.update(by_transformers_names(config))
+        elif config is not None:
             for key in ("max_new_tokens", "max_length", "do_sample", "temperature", "top_p", "top_k", "eos_token_id",
                         "pad_token_id"):
                 if getattr(config, key, None) is not None:
