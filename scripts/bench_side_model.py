@@ -74,7 +74,7 @@ def main() -> None:
     model = SideModel.from_pretrained(run)
     trained = Checkpoint.load(run)
     backbone = model.backbone  # one backbone for both paths: the same weights, the same memory
-    eval_pipeline = Pipeline(backbone, model.pipeline.head, load_side(run, backbone.device)[0],
+    eval_pipeline = Pipeline(backbone, model.pipeline.head, load_side(run, backbone.device),
                              get_codec(trained.store.codec))
     examples, _ = load_examples("arith", "test", limit=args.batch_size)
     prompts = [encode_prompt(backbone.tokenizer, e.question, "plain") for e in examples]

@@ -45,7 +45,6 @@ import torch
 from extract.backbones import load_backbone
 from extract.provenance import Provenance
 from extract.run import extract
-from extract.tasks.datasets import load_examples
 from featurestore import FeatureStore, get_codec
 from train_side.config import DataConfig, OptimConfig
 from train_side.data import epoch_order, plan, read_ahead, read_batch, split_examples
@@ -377,9 +376,7 @@ def probe(setup: Setup, method: str, store: FeatureStore, out: Path) -> None:
 def evaluate_method(setup: Setup, method: str, store: FeatureStore, checkpoint: Path | None, out: Path) -> dict:
     """Greedy CoT on the test problems, through the same generation loop for every method."""
     provenance = Provenance.load(store.attrs)
-    examples, _ = load_examples(setup.dataset, setup.test_split, limit=setup.test_examples,
-                                question_field=provenance.dataset.get("question_field", "question"),
-                                answer_field=provenance.dataset.get("answer_field", "answer"))
+    examples = replace(provenance.dataset, dataset=setup.dataset).load(setup.test_split, setup.test_examples)
     if method in PEFT_METHODS:
         model, tokenizer = peft_model(setup, method, adapter=checkpoint / "adapter")
         pipeline = CausalLMPipeline(model)
@@ -390,10 +387,10 @@ def evaluate_method(setup: Setup, method: str, store: FeatureStore, checkpoint: 
         if method != "backbone":
             from train_side.checkpoint import load_side
 
-            side = load_side(checkpoint, backbone.device)[0]
+            side = load_side(checkpoint, backbone.device)
         codec = get_codec("fp32" if method == "live-lst" else store.codec.spec)  # live LST saw raw states
         pipeline, tokenizer = Pipeline(backbone, head, side, codec), backbone.tokenizer
-    predictions, seconds = answer(pipeline, tokenizer, examples, provenance.template or {"name": "plain"},
+    predictions, seconds = answer(pipeline, tokenizer, examples, provenance.template,
                                   max_new_tokens=setup.max_new_tokens, progress=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
