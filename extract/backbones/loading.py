@@ -109,6 +109,14 @@ class Backbone:
         """The frozen head: everything between h_L and the logits (see :func:`.head.export_head`)."""
         return export_head(self.model, self.family)
 
+    @classmethod
+    def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, model_id: str,
+                   weights_hash: str, device: torch.device) -> Backbone:
+        """A backbone around a causal LM built in memory (a benchmark's random weights, say), frozen
+        in eval mode; ``weights_hash`` stands for the hash of weights no file holds."""
+        model.eval().requires_grad_(False)
+        return cls(model, tokenizer, _describe(model.config, model_id, weights_hash, model.dtype, "none"), device)
+
 
 @dataclass(frozen=True)
 class BackboneSource:

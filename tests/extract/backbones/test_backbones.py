@@ -138,6 +138,16 @@ def test_info_is_json_and_describes_the_model(tiny_models):
     assert backbone.tokenizer.pad_token == "<eos>"  # the tiny tokenizer has none: eos stands in
 
 
+def test_a_model_built_in_memory_is_described_as_a_loaded_one(tiny_models):
+    loaded = load_backbone(str(tiny_models["llama"]))
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])  # weights no hash was taken of
+    built = Backbone.from_model(model, loaded.tokenizer, model_id="random-llama", weights_hash="random",
+                                device=torch.device("cpu"))
+
+    assert built.info == loaded.info | {"id": "random-llama", "weights_hash": "random"}
+    assert not model.training and not any(p.requires_grad for p in model.parameters())  # frozen, as loaded
+
+
 def test_same_weights_are_the_same_backbone_wherever_they_live(tmp_path, tiny_models):
     original = load_backbone(str(tiny_models["llama"])).info
     copy = load_backbone(str(save_tiny_model(tmp_path / "copy", "llama"))).info
