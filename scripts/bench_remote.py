@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from featurestore import FeatureStore, catalog
-from train_side.config import DataConfig, OptimConfig
+from train_side.config import DataConfig
 from train_side.data import plan, read_ahead, split_examples
-from train_side.network.model import FrozenHead, SideConfig
-from train_side.training.train import Run, backbone_dims, store_info
+from train_side.network.model import SideConfig
+from train_side.training.train import Run, RunSpec, backbone_dims
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -69,8 +69,7 @@ def epoch(location, cache_dir: str, out: Path, data: DataConfig, train: bool = T
     store = FeatureStore.open(location, cache_dir=cache_dir)
     batches = plan(store, split_examples(store.n_examples, data.val_fraction, data.seed)[0], data.token_budget)
     side = SideConfig(**backbone_dims(store))
-    run = Run(out.name, out, side, OptimConfig(), FrozenHead(*store.head()), len(batches), store_info(store), data,
-              torch.device("cpu"))
+    run = Run.for_store(store, RunSpec.at(out, side), data=data, total_steps=len(batches))
     for batch in read_ahead(store, batches, side.inputs):
         if train:
             run.train_step(batch)

@@ -33,9 +33,8 @@ from featurestore import FeatureStore
 from train_side.config import DataConfig
 from train_side.data import epoch_order, plan, read_ahead, read_batch, split_examples
 from train_side.network.batch import Batch
-from train_side.network.model import FrozenHead
 from train_side.training.sweep import configs, expand, sweep
-from train_side.training.train import Run, backbone_dims, store_info
+from train_side.training.train import Run, RunSpec, backbone_dims
 
 GRID = {"kind": ["ladder", "xladder"], "lr": [1e-3, 3e-3], "reduction": [8, 16]}  # 8 configurations
 
@@ -59,9 +58,7 @@ def live_batch(backbone, store: FeatureStore, indices: np.ndarray, inputs) -> tu
 
 def make_run(store, out: Path, params: dict, data: DataConfig, total_steps: int) -> Run:
     side, optim = configs(params, {}, {}, backbone_dims(store))
-    weights, head_config = store.head()
-    return Run(out.name, out, side, optim, FrozenHead(weights, head_config), total_steps, store_info(store), data,
-               torch.device("cpu"))
+    return Run.for_store(store, RunSpec.at(out, side, optim), data=data, total_steps=total_steps)
 
 
 def live_lst(backbone, store, data: DataConfig, out: Path) -> tuple[float, list[float]]:

@@ -53,7 +53,7 @@ from train_side.inference.generate import Pipeline
 from train_side.network.batch import Batch
 from train_side.network.model import FrozenHead, SideConfig, SideNetwork
 from train_side.network.prune import init_from_backbone, pruned_settings
-from train_side.training.train import Run, backbone_dims, fit, lr_factor, store_info
+from train_side.training.train import Run, RunSpec, backbone_dims, fit, lr_factor
 
 PEFT_METHODS = ("qlora", "lora")
 SIDE_METHODS = ("ladder", "xladder")
@@ -290,26 +290,22 @@ def train_live_lst(setup: Setup, store: FeatureStore, steps: list[np.ndarray], o
 
 
 def make_run(store: FeatureStore, out: Path, side: SideConfig, lr: float, setup: Setup, total_steps: int) -> Run:
-    weights, head_config = store.head()
-    device = torch.device(setup.device)
-    out.mkdir(parents=True, exist_ok=True)
-    return Run(out.name, out, side, OptimConfig(lr=lr), FrozenHead(weights, head_config).to(device), total_steps,
-               store_info(store), setup.data, device)
+    return Run.for_store(store, RunSpec.at(out, side, OptimConfig(lr=lr)), data=setup.data, total_steps=total_steps,
+                         device=setup.device)
 
 
 def train_from_store(setup: Setup, store: FeatureStore, methods: list[str], out: Path) -> dict:
     """Side networks (the Ladder, the xLadder) at every learning rate: one sweep, one pass over the store."""
     configs = {method: config for method, config in side_configs(store).items() if method in methods}
-    specs = [(f"{method}-lr={lr}", out / method / f"lr={lr}", config, OptimConfig(lr=lr))
+    specs = [RunSpec(f"{method}-lr={lr}", out / method / f"lr={lr}", config, OptimConfig(lr=lr), tag=method)
              for method, config in configs.items() for lr in setup.side_lrs]
     start = time.perf_counter()
     runs = fit(store, specs, setup.data, device=setup.device, progress=True)
     seconds = time.perf_counter() - start
     results = {method: {} for method in configs}
-    for run, (name, run_dir, *_) in zip(runs, specs):
-        method, lr = name.split("-lr=")
-        results[method][lr] = {"train_seconds": run.seconds, "val_loss": run.val_loss,
-                               "trainable": run.model.n_parameters(), "checkpoint": str(run_dir)}
+    for run, spec in zip(runs, specs):
+        results[spec.tag][str(spec.optim.lr)] = {"train_seconds": run.seconds, "val_loss": run.val_loss,
+                                                 "trainable": run.model.n_parameters(), "checkpoint": str(spec.out)}
     return {"sweep_seconds": seconds, "runs": results, "configs": {m: asdict(c) for m, c in configs.items()}}
 
 
@@ -325,8 +321,8 @@ def train_levers(setup: Setup, store: FeatureStore, lrs: dict[str, float], out: 
             backbone = load_backbone(setup.model, device=setup.device).model
             side = replace(side, **pruned_settings(backbone))
             init = lambda model: init_from_backbone(model, backbone)
-        [run] = fit(store, [(name, out / name, side, OptimConfig(lr=lrs[method]))], replace(setup.data, epochs=epochs),
-                    device=setup.device, progress=True, init=init)
+        [run] = fit(store, [RunSpec(name, out / name, side, OptimConfig(lr=lrs[method]))],
+                    replace(setup.data, epochs=epochs), device=setup.device, progress=True, init=init)
         results[name] = {"lr": lrs[method], "train_seconds": run.seconds, "val_loss": run.val_loss,
                          "trainable": run.model.n_parameters(), "steps": run.step}
     return results

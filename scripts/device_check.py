@@ -53,12 +53,12 @@ from extract.loop import extract_batches, padded_batch  # noqa: E402
 from extract.provenance import Provenance  # noqa: E402
 from featurestore import FeatureStore, StoreSpec, StoreWriter, TokenTable, get_codec  # noqa: E402
 from featurestore.layout import plan_batches  # noqa: E402
-from train_side.config import DataConfig, OptimConfig  # noqa: E402
+from train_side.config import DataConfig  # noqa: E402
 from train_side.data import loader_settings, plan, read_ahead, read_batch  # noqa: E402
 from train_side.inference.generate import Pipeline, generate  # noqa: E402
 from train_side.network.encoded import DECODERS  # noqa: E402
 from train_side.network.model import FrozenHead, SideConfig  # noqa: E402
-from train_side.training.train import Run, store_info  # noqa: E402
+from train_side.training.train import Run, RunSpec  # noqa: E402
 
 SIZES = {  # Llama-3.2-1B and Llama-3.1-8B shapes
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -223,8 +223,7 @@ def training(store: FeatureStore, kind: str, out: Path) -> dict:
     side = SideConfig(**dims, kind=kind, every=4) if kind == "ladder" else SideConfig(**dims, kind=kind, delta=2)
     data = DataConfig(token_budget=TRAIN_BUDGET, val_fraction=0.0, epochs=1)
     batches = plan(store, np.arange(store.n_examples), data.token_budget)
-    head = FrozenHead(*store.head()).to(device)
-    run = Run(kind, out / kind, side, OptimConfig(), head, 3 * len(batches), store_info(store), data, device)
+    run = Run.for_store(store, RunSpec.at(out / kind, side), data=data, total_steps=3 * len(batches), device=device)
     layers = side.inputs
     warm = read_batch(store, batches[0], layers).to(device)
     run.train_step(warm)  # kernels chosen, allocator warmed

@@ -22,7 +22,7 @@ from ..checkpoint import Checkpoint
 from ..config import DataConfig, OptimConfig
 from ..network.model import LADDER_ONLY, SideConfig
 from .plots import compare_runs
-from .train import backbone_dims, fit
+from .train import RunSpec, backbone_dims, fit
 
 # The sweepable settings are exactly the options of `train_side train` for SideConfig and
 # OptimConfig (every field with a default: not the backbone's sizes, which come from the store).
@@ -150,16 +150,16 @@ def sweep(store, out: str | Path, grid: dict[str, list], *, side: dict | None = 
     specs = []
     for params in points:
         side_config, optim_config = configs(params, side or {}, optim or {}, backbone_dims(store))
-        specs.append((run_name(params), out / run_name(params), side_config, optim_config))
+        specs.append(RunSpec(run_name(params), out / run_name(params), side_config, optim_config))
     groups = [specs[i::jobs] for i in range(min(jobs, len(specs)))]
     if len(groups) == 1:
         fit(store, specs, data, device=device, resume=resume, progress=progress)
     else:
         _fit_in_processes(store.location, groups, data, device, resume)
-    return write_summary(out, {name: (params, out / name) for params, (name, *_) in zip(points, specs)})
+    return write_summary(out, {spec.name: (params, spec.out) for params, spec in zip(points, specs)})
 
 
-def _fit_in_processes(location: str, groups: list, data: DataConfig, device: str, resume: bool) -> None:
+def _fit_in_processes(location: str, groups: list[list[RunSpec]], data: DataConfig, device: str, resume: bool) -> None:
     """One process per group, sharing the machine's cores evenly."""
     import multiprocessing
     import os
@@ -171,7 +171,7 @@ def _fit_in_processes(location: str, groups: list, data: DataConfig, device: str
             done.result()
 
 
-def _fit_group(location: str, group: list, data: DataConfig, device: str, resume: bool, threads: int) -> None:
+def _fit_group(location: str, group: list[RunSpec], data: DataConfig, device: str, resume: bool, threads: int) -> None:
     import torch
 
     from featurestore import FeatureStore

@@ -11,6 +11,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -50,27 +51,55 @@ def lr_factor(step: int, total_steps: int, optim: OptimConfig) -> float:
     return optim.min_lr + (1 - optim.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One side network for :func:`fit` to train: its name (recorded in its checkpoint), output
+    directory and configs. ``tag`` is the caller's own label (a comparison's method, say), carried
+    through untouched so that nothing has to be parsed back out of the name."""
+
+    name: str
+    out: Path
+    side: SideConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    tag: str = ""
+
+    @classmethod
+    def at(cls, out: Path, side: SideConfig, optim: OptimConfig | None = None, tag: str = "") -> RunSpec:
+        """A run named after its output directory."""
+        return cls(Path(out).name, Path(out), side, optim or OptimConfig(), tag)
+
+
 class Run:
     """One side network in training."""
 
-    def __init__(self, name: str, out: Path, side: SideConfig, optim: OptimConfig, head: FrozenHead,
-                 total_steps: int, trained_from: TrainedFrom, data: DataConfig, device: torch.device):
-        self.name, self.out, self.side, self.optim, self.head = name, out, side, optim, head
-        self.total_steps, self.trained_from, self.data, self.device = total_steps, trained_from, data, device
-        torch.manual_seed(optim.seed)  # each run's initialisation depends on its own seed only
-        self.model = SideNetwork(side).to(device)
-        self.model.recompute = optim.recompute
+    def __init__(self, spec: RunSpec, *, head: FrozenHead, total_steps: int, trained_from: TrainedFrom,
+                 data: DataConfig, device: torch.device):
+        self.spec, self.name, self.out, self.side, self.optim = spec, spec.name, Path(spec.out), spec.side, spec.optim
+        self.head, self.total_steps, self.trained_from, self.data = head, total_steps, trained_from, data
+        self.device = device
+        torch.manual_seed(self.optim.seed)  # each run's initialisation depends on its own seed only
+        self.model = SideNetwork(self.side).to(device)
+        self.model.recompute = self.optim.recompute
         decay = [p for p in self.model.parameters() if p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.ndim < 2]  # gates, norms, mix
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=optim.lr, betas=(0.9, 0.95), fused=device.type == "cuda",
+            [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.optim.lr, betas=(0.9, 0.95), fused=device.type == "cuda",
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.step = 0
         self.val_loss: float | None = None
         self.seconds = 0.0
         self.out.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def for_store(cls, store: FeatureStore, spec: RunSpec, *, data: DataConfig, total_steps: int,
+                  device: torch.device | str = "cpu", head: FrozenHead | None = None) -> Run:
+        """A run of ``spec`` on ``store``'s data, on ``device``; ``head`` (the store's, already on the
+        device) lets the runs of one job share one copy, else it is read from the store."""
+        device = torch.device(device)
+        head = head if head is not None else FrozenHead(*store.head()).to(device)
+        return cls(spec, head=head, total_steps=total_steps, trained_from=store_info(store), data=data, device=device)
 
     def start_fresh(self) -> None:
         if rundir.has_checkpoint(self.out):
@@ -141,23 +170,20 @@ def train(store, out: str | Path, *, side: dict | None = None, optim: OptimConfi
     feature store into ``out``: side.safetensors, side_config.json, metrics.jsonl, loss.png."""
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     config = SideConfig(**backbone_dims(store), **(side or {}))
-    out = Path(out)
-    [run] = fit(store, [(out.name, out, config, optim or OptimConfig())], data or DataConfig(), device=device,
-                resume=resume, progress=progress)
+    [run] = fit(store, [RunSpec.at(Path(out), config, optim)], data or DataConfig(), device=device, resume=resume,
+                progress=progress)
     return run
 
 
-def fit(store: FeatureStore, runs_spec: list[tuple[str, Path, SideConfig, OptimConfig]], data: DataConfig,
-        device: str = "auto", resume: bool = False, progress: bool = True,
-        init: Callable[[SideNetwork], object] | None = None) -> list[Run]:
+def fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: str = "auto", resume: bool = False,
+        progress: bool = True, init: Callable[[SideNetwork], object] | None = None) -> list[Run]:
     """``_fit``, holding every run's output directory (one writer at a time: ``rundir``)."""
-    with rundir.holding([out for _, out, _, _ in runs_spec]):
-        return _fit(store, runs_spec, data, device, resume, progress, init)
+    with rundir.holding([spec.out for spec in specs]):
+        return _fit(store, specs, data, device, resume, progress, init)
 
 
-def _fit(store: FeatureStore, runs_spec: list[tuple[str, Path, SideConfig, OptimConfig]], data: DataConfig,
-         device: str = "auto", resume: bool = False, progress: bool = True,
-         init: Callable[[SideNetwork], object] | None = None) -> list[Run]:
+def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: str = "auto", resume: bool = False,
+         progress: bool = True, init: Callable[[SideNetwork], object] | None = None) -> list[Run]:
     """Trains every run over one pass of the data per epoch: each batch is read and decoded once
     (the union of the runs' input layers) and fed to every run in turn. ``init`` (e.g.
     ``prune.init_from_backbone``) sets the weights of each run that starts fresh."""
@@ -165,16 +191,14 @@ def _fit(store: FeatureStore, runs_spec: list[tuple[str, Path, SideConfig, Optim
     train_idx, val_idx = split_examples(store.n_examples, data.val_fraction, data.seed)
     train_batches = plan(store, train_idx, data.token_budget)
     val_batches = plan(store, val_idx, data.token_budget) if len(val_idx) else []
-    layers = sorted({k for _, _, side, _ in runs_spec for k in side.inputs})
+    layers = sorted({k for spec in specs for k in spec.side.inputs})
     missing = sorted(set(layers) - set(store.layers))
     if missing:
         raise TrainError(f"the side networks read hidden states {missing}, which the store does not hold "
                          f"(it has {list(store.layers)}); extract them or change the taps")
-    weights, head_config = store.head()
-    head = FrozenHead(weights, head_config).to(device)
+    head = FrozenHead(*store.head()).to(device)  # one copy for every run
     total_steps = data.epochs * len(train_batches)
-    runs = [Run(name, out, side, optim, head, total_steps, store_info(store), data, device)
-            for name, out, side, optim in runs_spec]
+    runs = [Run.for_store(store, spec, data=data, total_steps=total_steps, device=device, head=head) for spec in specs]
     for run in runs:
         run.resume() if resume else run.start_fresh()
         if init is not None and run.step == 0:

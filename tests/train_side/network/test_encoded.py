@@ -8,16 +8,13 @@ from tests.train_side.tiny_store import write_tiny_store
 from train_side.config import DataConfig
 from train_side.data import read_batch
 from train_side.network.encoded import DECODERS, Encoded, roundtrip
-from train_side.network.model import FrozenHead
 from train_side.training.sweep import configs
-from train_side.training.train import Run, backbone_dims, store_info
+from train_side.training.train import Run, RunSpec, backbone_dims
 
 
 def tiny_run(store: FeatureStore, out) -> Run:
     side, optim = configs({"kind": "ladder", "reduction": 4}, {}, {}, backbone_dims(store))
-    weights, head_config = store.head()
-    return Run(out.name, out, side, optim, FrozenHead(weights, head_config), 10, store_info(store), DataConfig(),
-               torch.device("cpu"))
+    return Run.for_store(store, RunSpec.at(out, side, optim), data=DataConfig(), total_steps=10)
 
 
 @pytest.mark.parametrize("codec", sorted(DECODERS))
