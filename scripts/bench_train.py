@@ -4,8 +4,8 @@
 
 1. cached vs live: 8 configurations x E epochs trained from a store (the one-off extraction
    included) vs the same runs with live LST (the backbone forward runs every step, no gradient
-   through it). F = backbone forward per batch, S = side step per batch (one configuration);
-   ideal ratio = N*E*(F+S) / (F + N*E*S).
+   through it). F = backbone forward per batch (its tokens' read included), S = side step per
+   batch (one configuration); ideal ratio = N*E*(F+S) / (F + N*E*S).
 2. loader overhead: one configuration's epoch from the store vs from the same batches in RAM.
 3. peak memory: RSS growth of train_side vs live LST at the same batch, each in a fresh process.
 4. codec parity: one configuration trained from the default lossy store and from an fp32 store
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,29 +29,13 @@ from extract.backbones import load_backbone
 from extract.run import extract
 from featurestore import FeatureStore
 from train_side.config import DataConfig
-from train_side.data import epoch_order, plan, read_ahead, read_batch, split_examples
-from train_side.network.batch import Batch
+from train_side.data import read_ahead, read_batch
 from train_side.training.sweep import configs, expand, sweep
 from train_side.training.train import Run, RunSpec, backbone_dims
 
+from benchlib import batches, in_fresh_process, peak_mb, rss_mb, schedule, serve_job, train_cached, train_live
+
 GRID = {"kind": ["ladder", "xladder"], "lr": [1e-3, 3e-3], "reduction": [8, 16]}  # 8 configurations
-
-
-def batches(store: FeatureStore, data: DataConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    train, val = split_examples(store.n_examples, data.val_fraction, data.seed)
-    return plan(store, train, data.token_budget), plan(store, val, data.token_budget)
-
-
-def live_batch(backbone, store: FeatureStore, indices: np.ndarray, inputs) -> tuple[Batch, float]:
-    """The batch the store would give, with hidden states from a live backbone forward."""
-    batch = read_batch(store, indices, layers=[])
-    lengths = torch.from_numpy(store.lengths[indices])
-    attention = (torch.arange(batch.input_ids.shape[1]) < lengths[:, None]).long()
-    start = time.perf_counter()
-    states = backbone.hidden_states(batch.input_ids, attention)
-    forward = time.perf_counter() - start
-    batch.hidden = {k: states[k].clone() for k in inputs}  # inference tensors: clone before autograd
-    return batch, forward
 
 
 def make_run(store, out: Path, params: dict, data: DataConfig, total_steps: int) -> Run:
@@ -63,16 +45,12 @@ def make_run(store, out: Path, params: dict, data: DataConfig, total_steps: int)
 
 def live_lst(backbone, store, data: DataConfig, out: Path) -> tuple[float, list[float]]:
     """Every configuration trained with the backbone in the loop; returns (seconds, forward times)."""
-    train_batches, _ = batches(store, data)
+    steps = schedule(store, data)
     forwards = []
     start = time.perf_counter()
     for params in expand(GRID):
-        run = make_run(store, out / f"live-{len(forwards)}", params, data, data.epochs * len(train_batches))
-        for epoch in range(data.epochs):
-            for i in epoch_order(len(train_batches), data.seed, epoch):
-                batch, forward = live_batch(backbone, store, train_batches[i], run.side.inputs)
-                forwards.append(forward)
-                run.train_step(batch)
+        run = make_run(store, out / f"live-{len(forwards)}", params, data, len(steps))
+        forwards += train_live(backbone, store, steps, [run])
     return time.perf_counter() - start, forwards
 
 
@@ -96,39 +74,23 @@ def loader_overhead(store, data: DataConfig, out: Path, rounds: int = 3) -> tupl
 
 def peak_memory(mode: str, store_path: Path, data: DataConfig, out: Path) -> float:
     """RSS growth (MB) of one configuration's epoch, measured in a fresh process."""
-    result = subprocess.run([sys.executable, __file__, "--probe", mode, str(store_path), str(out),
-                             json.dumps(vars(data))], capture_output=True, text=True, check=True)
-    return float(result.stdout.strip().splitlines()[-1])
+    job = {"mode": mode, "store": str(store_path), "data": vars(data), "out": str(out / mode)}
+    return in_fresh_process(__file__, job, out / mode)["peak_mb"]
 
 
-def probe(mode: str, store_path: str, out: str, data_json: str) -> None:
-    """Runs in a subprocess: prints RSS growth (MB) from after imports to the peak. The peak is
-    VmHWM: ru_maxrss would report the (larger) parent's, inherited through fork."""
-    data = DataConfig(**json.loads(data_json))
+def probe(job: dict) -> dict:
+    """Runs in the fresh process: RSS growth (MB) from after the imports to the peak."""
+    torch.manual_seed(0)
+    data = DataConfig(**job["data"])
     baseline = rss_mb()
-    store = FeatureStore.open(store_path)
+    store = FeatureStore.open(job["store"])
     train_batches, _ = batches(store, data)
-    params = expand(GRID)[0]
-    if mode == "cached":
-        run = make_run(store, Path(out) / "probe-cached", params, data, len(train_batches))
-        for batch in read_ahead(store, train_batches, run.side.inputs):
-            run.train_step(batch)
+    run = make_run(store, Path(job["out"]) / "run", expand(GRID)[0], data, len(train_batches))
+    if job["mode"] == "cached":
+        train_cached(store, train_batches, run)
     else:
-        backbone = load_backbone("smollm2-135m")
-        run = make_run(store, Path(out) / "probe-live", params, data, len(train_batches))
-        for indices in train_batches:
-            run.train_step(live_batch(backbone, store, indices, run.side.inputs)[0])
-    print(peak_rss_mb() - baseline)
-
-
-def rss_mb() -> float:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM, in kB in /proc/self/status)."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
+        train_live(load_backbone("smollm2-135m"), store, train_batches, [run])
+    return {"peak_mb": peak_mb(baseline)}
 
 
 def final_val_loss(store_path: Path, out: Path, data: DataConfig) -> float:
@@ -205,8 +167,7 @@ def parity_loss(args, extraction, work: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--probe":
-        torch.manual_seed(0)
-        probe(*sys.argv[2:6])
+    if sys.argv[1:2] == ["--worker"]:
+        serve_job(sys.argv[2], probe)
     else:
         main()

@@ -31,10 +31,6 @@ import argparse
 import json
 import math
 import os
-import resource
-import shutil
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,13 +43,27 @@ from extract.provenance import Provenance
 from extract.run import extract
 from featurestore import FeatureStore, get_codec
 from train_side.config import DataConfig, OptimConfig
-from train_side.data import epoch_order, plan, read_ahead, read_batch, split_examples
 from train_side.inference.evaluate import answer, score
 from train_side.inference.generate import Pipeline
-from train_side.network.batch import Batch
 from train_side.network.model import FrozenHead, SideConfig, SideNetwork
 from train_side.network.prune import init_from_backbone, pruned_settings
-from train_side.training.train import Run, RunSpec, backbone_dims, fit, lr_factor
+from train_side.training.train import Run, RunSpec, backbone_dims, fit
+
+import benchlib
+from benchlib import (
+    CausalLMPipeline,
+    batches,
+    live_batch,
+    lora_model,
+    lora_val_loss,
+    peak_mb,
+    rss_mb,
+    schedule,
+    serve_job,
+    train_cached,
+    train_live,
+    train_lora,
+)
 
 PEFT_METHODS = ("qlora", "lora")
 SIDE_METHODS = ("ladder", "xladder")
@@ -112,22 +122,9 @@ def prepare_store(setup: Setup, out: Path) -> tuple[Path, float]:
     return result.store, float(stats.get("extract_seconds", result.seconds))
 
 
-def batches(store: FeatureStore, setup: Setup) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(training batches, validation batches): the same for every method."""
-    data = setup.data
-    train, val = split_examples(store.n_examples, data.val_fraction, data.seed)
-    return plan(store, train, data.token_budget), plan(store, val, data.token_budget)
-
-
-def schedule(store: FeatureStore, setup: Setup) -> list[np.ndarray]:
-    """Every optimizer step's batch, in order: epochs of the training batches, each shuffled."""
-    train, _ = batches(store, setup)
-    return [train[i] for epoch in range(setup.epochs) for i in epoch_order(len(train), setup.seed, epoch)]
-
-
 def largest(store: FeatureStore, setup: Setup) -> list[np.ndarray]:
     """The batches with the most padded tokens: where every method's memory peaks."""
-    train, _ = batches(store, setup)
+    train, _ = batches(store, setup.data)
     padded = [len(b) * int(store.lengths[b].max()) for b in train]
     return [train[i] for i in np.argsort(padded)[::-1][:PROBE_BATCHES]]
 
@@ -156,114 +153,16 @@ def heads(width: int) -> int:
     return min(fits, key=lambda h: abs(math.log(width / h / 32)))
 
 
-# --- peft baselines --------------------------------------------------------------------------
-
-
-def peft_model(setup: Setup, method: str, adapter: Path | None = None):
-    """The backbone with LoRA adapters (fresh, or ``adapter`` loaded), as a careful user sets it
-    up: nf4 + prepare_model_for_kbit_training for QLoRA, gradient checkpointing for both."""
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    from extract.backbones import resolve_backbone
-
-    source = resolve_backbone(setup.model, dtype="auto", device=setup.device)
-    quantization = None
-    if method == "qlora":
-        # No double quantisation: on this CPU it doubled QLoRA's step time to save ~0.4 bits per weight.
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=source.dtype)
-    model = AutoModelForCausalLM.from_pretrained(source.source, dtype=source.dtype, quantization_config=quantization,
-                                                 device_map={"": source.device})
-    if adapter is not None:
-        return PeftModel.from_pretrained(model, adapter).eval(), source.tokenizer
-    if method == "qlora":  # norms to float32, inputs requiring grad; checkpointing below, by its current name
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
-    config = LoraConfig(r=setup.lora_rank, lora_alpha=2 * setup.lora_rank, lora_dropout=0.05,
-                        target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, config), source.tokenizer
-
-
-def token_batch(store: FeatureStore, indices: np.ndarray) -> tuple[Batch, torch.Tensor]:
-    """Examples ``indices`` right-padded, without hidden states, and their attention mask (B, T)."""
-    batch = read_batch(store, indices, layers=[])
-    lengths = torch.from_numpy(store.lengths[indices])
-    return batch, (torch.arange(batch.input_ids.shape[1]) < lengths[:, None]).long()
-
-
-def causal_lm_loss(model, store: FeatureStore, indices: np.ndarray) -> tuple[torch.Tensor, int]:
-    """(mean next-token loss on the answer tokens, number of them), as next_token_loss computes it
-    for side networks."""
-    device = next(model.parameters()).device
-    batch, attention = token_batch(store, indices)
-    ids = batch.input_ids.to(device)
-    labels = ids.masked_fill(~batch.loss_mask.to(device), -100)  # transformers shifts the labels itself
-    loss = model(input_ids=ids, attention_mask=attention.to(device), labels=labels).loss
-    return loss, int(batch.loss_mask[:, 1:].sum())
+# --- training each method, in a worker ----------------------------------------------------------
 
 
 def train_peft(setup: Setup, method: str, lr: float, store: FeatureStore, steps: list[np.ndarray], out: Path) -> dict:
-    model, _ = peft_model(setup, method)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optim = OptimConfig(lr=lr, weight_decay=0.0)
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, len(steps), optim))
-    start = time.perf_counter()
-    model.train()
-    for indices in steps:
-        loss, _ = causal_lm_loss(model, store, indices)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, optim.grad_clip)
-        optimizer.step()
-        scheduler.step()
-    seconds = time.perf_counter() - start
+    """LoRA (or QLoRA) at learning rate ``lr``: the adapters saved under ``out``."""
+    model, _ = lora_model(setup.model, qlora=method == "qlora", rank=setup.lora_rank, device=setup.device)
+    seconds = train_lora(model, store, steps, lr)
     model.save_pretrained(out / "adapter")
-    return {"train_seconds": seconds, "val_loss": peft_val_loss(model, store, setup),
-            "trainable": sum(p.numel() for p in trainable)}
-
-
-@torch.no_grad()
-def peft_val_loss(model, store: FeatureStore, setup: Setup) -> float:
-    model.eval()
-    total = targets = 0.0
-    for indices in batches(store, setup)[1]:
-        loss, n = causal_lm_loss(model, store, indices)
-        total += loss.item() * n
-        targets += n
-    return total / targets
-
-
-class CausalLMPipeline:
-    """A Hugging Face causal LM (here with LoRA adapters) stepped like the side network's
-    Pipeline, so that every method generates through the same loop."""
-
-    def __init__(self, model):
-        from transformers import DynamicCache
-
-        self.model, self.device, self.new_cache = model, next(model.parameters()).device, DynamicCache
-
-    def start(self) -> dict:
-        return {"cache": self.new_cache(config=self.model.get_base_model().config)}
-
-    @torch.inference_mode()
-    def step(self, input_ids, attention_mask, caches: dict) -> torch.Tensor:
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                            cache=caches["cache"], use_cache=True)
-        return output.logits.float()
-
-
-# --- side networks ---------------------------------------------------------------------------
-
-
-def live_batch(backbone, store: FeatureStore, indices: np.ndarray, layers) -> Batch:
-    """The batch the store would give, with hidden states from a live backbone forward."""
-    batch, attention = token_batch(store, indices)
-    states = backbone.hidden_states(batch.input_ids, attention)
-    batch.hidden = {k: states[k].float().clone() for k in layers}  # inference tensors: clone before autograd
-    return batch
+    return {"train_seconds": seconds, "val_loss": lora_val_loss(model, store, batches(store, setup.data)[1]),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
 def train_live_lst(setup: Setup, store: FeatureStore, steps: list[np.ndarray], out: Path) -> dict:
@@ -272,14 +171,8 @@ def train_live_lst(setup: Setup, store: FeatureStore, steps: list[np.ndarray], o
     backbone = load_backbone(setup.model, quantization=setup.quantization, device=setup.device)
     side = side_configs(store)["ladder"]
     runs = [make_run(store, out / f"lr={lr}", side, lr, setup, len(steps)) for lr in setup.side_lrs]
-    forward = 0.0
-    for indices in steps:
-        start = time.perf_counter()
-        batch = live_batch(backbone, store, indices, side.inputs).to(backbone.device)
-        forward += time.perf_counter() - start
-        for run in runs:
-            run.train_step(batch)
-    val = [live_batch(backbone, store, b, side.inputs).to(backbone.device) for b in batches(store, setup)[1]]
+    forward = sum(train_live(backbone, store, steps, runs))
+    val = [live_batch(backbone, store, b, side.inputs) for b in batches(store, setup.data)[1]]
     results = {}
     for lr, run in zip(setup.side_lrs, runs):
         run.validate(val)
@@ -339,11 +232,11 @@ def worker(job: dict) -> dict:
     store = FeatureStore.open(job["store"])
     if kind == "probe":
         probe(setup, job["method"], store, out)
-        return {"peak_mb": peak_mb(baseline, setup)}
+        return {"peak_mb": peak_mb(baseline, setup.device)}
     if kind == "train" and job["method"] in PEFT_METHODS:
-        return train_peft(setup, job["method"], job["lr"], store, schedule(store, setup), out)
+        return train_peft(setup, job["method"], job["lr"], store, schedule(store, setup.data), out)
     if kind == "train" and job["method"] == "live-lst":
-        return train_live_lst(setup, store, schedule(store, setup), out)
+        return train_live_lst(setup, store, schedule(store, setup.data), out)
     if kind == "train" and job["method"] == "levers":
         return train_levers(setup, store, job["lrs"], out)
     if kind == "train":
@@ -362,11 +255,9 @@ def probe(setup: Setup, method: str, store: FeatureStore, out: Path) -> None:
     run = make_run(store, out, side, setup.side_lrs[0], setup, len(steps))
     if method == "live-lst":
         backbone = load_backbone(setup.model, quantization=setup.quantization, device=setup.device)
-        for indices in steps:
-            run.train_step(live_batch(backbone, store, indices, side.inputs).to(backbone.device))
-        return
-    for batch in read_ahead(store, steps, side.inputs):
-        run.train_step(batch.to(run.device))
+        train_live(backbone, store, steps, [run])
+    else:
+        train_cached(store, steps, run)
 
 
 def evaluate_method(setup: Setup, method: str, store: FeatureStore, checkpoint: Path | None, out: Path) -> dict:
@@ -374,7 +265,8 @@ def evaluate_method(setup: Setup, method: str, store: FeatureStore, checkpoint: 
     provenance = Provenance.load(store.attrs)
     examples = replace(provenance.dataset, dataset=setup.dataset).load(setup.test_split, setup.test_examples)
     if method in PEFT_METHODS:
-        model, tokenizer = peft_model(setup, method, adapter=checkpoint / "adapter")
+        model, tokenizer = lora_model(setup.model, qlora=method == "qlora", rank=setup.lora_rank, device=setup.device,
+                                      adapter=checkpoint / "adapter")
         pipeline = CausalLMPipeline(model)
     else:
         backbone = load_backbone(setup.model, quantization=setup.quantization, device=setup.device)
@@ -393,27 +285,9 @@ def evaluate_method(setup: Setup, method: str, store: FeatureStore, checkpoint: 
     return score(predictions, seconds)
 
 
-def rss_mb() -> float:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
-
-
-def peak_mb(baseline: float, setup: Setup) -> float:
-    """Peak memory of this process beyond ``baseline``: VmHWM on CPU (ru_maxrss would report a
-    forking parent's), the CUDA allocator's peak on a GPU."""
-    if setup.device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024 - baseline
-
-
 def in_fresh_process(job: dict, out: Path) -> dict:
     """Runs ``worker(job)`` in a new Python process; returns its result."""
-    shutil.rmtree(out, ignore_errors=True)  # what an interrupted attempt left
-    out.mkdir(parents=True)
-    job_file = out / "job.json"
-    job_file.write_text(json.dumps(job))
-    subprocess.run([sys.executable, __file__, "--worker", str(job_file)], check=True)
-    return json.loads((out / "result.json").read_text())
+    return benchlib.in_fresh_process(__file__, job, out)
 
 
 # --- the comparison --------------------------------------------------------------------------
@@ -644,8 +518,7 @@ def main() -> None:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(Setup(), f.name)))
     args = parser.parse_args()
     if args.worker:
-        job_file = Path(args.worker)
-        job_file.with_name("result.json").write_text(json.dumps(worker(json.loads(job_file.read_text()))))
+        serve_job(args.worker, worker)
         return
     setup = replace(Setup(), **(QUICK if args.quick else {}))
     setup = replace(setup, **{k: v for k, v in vars(args).items() if k in Setup.__dataclass_fields__ and v is not None})
