@@ -33,7 +33,7 @@ from featurestore.errors import UserError
 
 from .encoded import Encoded, decoded
 
-KINDS = ("ladder", "xladder")
+KINDS = ("ladder", "xladder", "top")
 LADDER_ONLY = ("taps", "every")  # settings an xLadder refuses: it taps the top delta blocks
 
 
@@ -49,19 +49,22 @@ class SideConfig:
     hidden_size: int  # backbone width d
     intermediate_size: int  # backbone MLP width
     kind: str = field(default="ladder", metadata={
-        "choices": KINDS, "help": "ladder: ladders from taps along the backbone; xladder: from its top delta blocks."})
+        "choices": KINDS, "help": "ladder: ladders from taps along the backbone; xladder: from its top delta blocks; "
+                                  "top: the backbone's own top delta blocks, at full width, read from h_{L-delta}."})
     taps: list[int] | None = field(default=None, metadata={
         "help": "Ladder: backbone blocks feeding a ladder, e.g. 10,20,30 (default: see every)."})
     every: int = field(default=1, metadata={
         "help": "Ladder without taps: every k-th block, counted down from L (so L is always a tap)."})
     delta: int = field(default=2, metadata={
-        "help": "xLadder: top blocks tapped; the side network has 2 * delta blocks."})
+        "help": "xLadder: top blocks tapped (the side network has 2 * delta blocks); top: blocks copied."})
     reduction: int = field(default=8, metadata={
         "help": "r: the side width is the backbone width / r, the side MLP width the backbone's / r."})
     side_width: int | None = field(default=None, metadata={
         "help": "Explicit side width, overriding reduction (the MLP width keeps the backbone's ratio)."})
     n_heads: int | None = field(default=None, metadata={
         "aliases": ["heads"], "help": "Attention heads of the side blocks (default: side width // 32, at least 1)."})
+    n_kv_heads: int | None = field(default=None, metadata={
+        "help": "Key/value heads, shared by groups of query heads (default: n_heads)."})
     gate_temperature: float = field(default=0.1, metadata={
         "help": "T in mu = sigmoid(alpha / T): a small T makes the ladder gates learn fast."})
     mix: bool = field(default=True, metadata={
@@ -84,14 +87,16 @@ class SideConfig:
         if self.heads < 1 or self.width % self.heads or (self.width // self.heads) % 2:
             raise SideConfigError(f"side width {self.width} must split into {self.heads} heads of even size (RoPE); "
                              "set n_heads")
+        if self.kv_heads < 1 or self.heads % self.kv_heads:
+            raise SideConfigError(f"n_kv_heads {self.kv_heads} must divide n_heads {self.heads}")
         if self.gate_temperature <= 0:
             raise SideConfigError(f"gate_temperature must be positive, not {self.gate_temperature}")
 
     def _check_taps(self):
         L = self.n_layers
-        if self.kind == "xladder":
+        if self.kind != "ladder":
             if self.taps is not None or self.every != 1:
-                raise SideConfigError("taps and every are Ladder options; xLadder taps the top delta blocks")
+                raise SideConfigError(f"taps and every are Ladder options; {self.kind} reads the top delta blocks")
             if not 1 <= self.delta <= L:
                 raise SideConfigError(f"delta must be in 1..{L}, not {self.delta}")
         elif self.taps is None:
@@ -104,11 +109,17 @@ class SideConfig:
 
     @property
     def width(self) -> int:
+        if self.kind == "top":
+            return self.hidden_size
         return self.side_width if self.side_width is not None else self.hidden_size // self.reduction
 
     @property
     def heads(self) -> int:
         return self.n_heads if self.n_heads is not None else max(1, self.width // 32)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.heads
 
     @property
     def mlp_width(self) -> int:
@@ -123,6 +134,8 @@ class SideConfig:
     def ladders(self) -> tuple[int, ...]:
         """The hidden state feeding each ladder, in side-block order."""
         L = self.n_layers
+        if self.kind == "top":
+            return ()
         if self.kind == "xladder":
             return tuple(range(L - self.delta + 1, L + 1))
         if self.taps is not None:
@@ -131,12 +144,17 @@ class SideConfig:
 
     @property
     def n_blocks(self) -> int:
-        return 2 * self.delta if self.kind == "xladder" else len(self.ladders)
+        return {"ladder": len(self.ladders), "xladder": 2 * self.delta, "top": self.delta}[self.kind]
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the output is mixed with h_L (the top blocks compute h_L themselves)."""
+        return self.mix and self.kind != "top"
 
     @property
     def inputs(self) -> tuple[int, ...]:
         """Every hidden-state index forward reads, so a data loader can read only those."""
-        mixed = (self.n_layers,) if self.mix else ()
+        mixed = (self.n_layers,) if self.mixed else ()
         return tuple(sorted({self.initial, *self.ladders, *mixed}))
 
 
@@ -246,19 +264,23 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class Attention(nn.Module):
     def __init__(self, config: SideConfig):
         super().__init__()
-        self.n_heads = config.heads
-        self.qkv = nn.Linear(config.width, 3 * config.width, bias=False)
+        self.n_heads, self.n_kv_heads = config.heads, config.kv_heads
+        kv_width = config.width // config.heads * config.kv_heads
+        self.split = (config.width, kv_width, kv_width)
+        self.qkv = nn.Linear(config.width, sum(self.split), bias=False)
         self.proj = nn.Linear(config.width, config.width, bias=False)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: KVCache | None,
                 block: int) -> Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        q, k, v = self.qkv(x).split(self.split, dim=2)
+        q = q.view(B, T, self.n_heads, -1).transpose(1, 2)  # (B, H, T, hd)
+        k, v = (t.view(B, T, self.n_kv_heads, -1).transpose(1, 2) for t in (k, v))  # (B, H_kv, T, hd)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            k, v = cache.update(block, k, v)  # (B, H, past + T, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+            k, v = cache.update(block, k, v)  # (B, H_kv, past + T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -297,15 +319,17 @@ class SideNetwork(nn.Module):
     def __init__(self, config: SideConfig):
         super().__init__()
         self.config = config
-        self.down = nn.ModuleList(Down(config) for _ in range(1 + len(config.ladders)))  # initial, then ladders
+        # initial, then ladders; the top blocks read h_{L-delta} as it is, at full width
+        self.down = nn.ModuleList(Down(config) for _ in range(len(config.ladders) + (config.kind != "top")))
         self.alpha = nn.Parameter(torch.zeros(len(config.ladders)))  # ladder gates: mu = 0.5 at init
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_blocks))
-        self.norm = RMSNorm(config.width, config.norm_eps)
-        self.up = nn.Linear(config.width, config.hidden_size, bias=False)
-        # Linear layers keep PyTorch's fan-in scaled init, which suits every side width (4 .. 256+).
-        # up starts at zero (like LoRA's B): at init y = z * h_L, and no random output is mixed in.
-        nn.init.zeros_(self.up.weight)
-        if config.mix:
+        self.norm = RMSNorm(config.width, config.norm_eps)  # top: the backbone's final norm
+        if config.kind != "top":
+            self.up = nn.Linear(config.width, config.hidden_size, bias=False)
+            # Linear layers keep PyTorch's fan-in scaled init, which suits every side width (4 .. 256+).
+            # up starts at zero (like LoRA's B): at init y = z * h_L, and no random output is mixed in.
+            nn.init.zeros_(self.up.weight)
+        if config.mixed:
             self.beta = nn.Parameter(torch.zeros(config.hidden_size))  # mix gate: z = 0.5 at init
         head_dim = config.width // config.heads
         inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
@@ -327,7 +351,8 @@ class SideNetwork(nn.Module):
         (B, past + T) marks real tokens with 1 and (left) padding with 0.
         """
         c = self.config
-        s = self.down[0](hidden[c.initial])  # (B, T, d_s)
+        top = c.kind == "top"
+        s = decoded(hidden[c.initial]).float() if top else self.down[0](hidden[c.initial])  # (B, T, d_s)
         B, T, _ = s.shape
         past = cache.length if cache is not None else 0
         mask = None if attention_mask is None and past == 0 else self.causal_mask(B, T, past, attention_mask)
@@ -335,13 +360,15 @@ class SideNetwork(nn.Module):
         mu = torch.sigmoid(self.alpha / c.gate_temperature)  # (n_ladders,)
         for i, block in enumerate(self.blocks):
             if i < len(c.ladders):
-                s = mu[i] * s + (1 - mu[i]) * self.down[i + 1](hidden[c.ladders[i]])
+                s = mu[i] * s + (1 - mu[i]) * self.down[i + 1](hidden[c.ladders[i]])  # top: no ladders
             if self.recompute and cache is None and torch.is_grad_enabled():
                 s = checkpoint(block, s, rope, mask, None, i, use_reentrant=False)  # keeps only s
             else:
                 s = block(s, rope, mask, cache, i)
+        if top:
+            return self.norm(s)  # (B, T, d): h_L while the blocks are the backbone's
         out = self.up(self.norm(s))  # (B, T, d)
-        if not c.mix:
+        if not c.mixed:
             return out
         z = torch.sigmoid(self.beta)  # (d,)
         return (1 - z) * out + z * decoded(hidden[c.n_layers])

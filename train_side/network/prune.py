@@ -91,3 +91,30 @@ def init_from_backbone(model: SideNetwork, backbone) -> SideNetwork:
         down.proj.weight.zero_()
         down.proj.weight[torch.arange(c.width), C] = 1.0
     return model
+
+
+def top_settings(backbone) -> dict:
+    """The SideConfig settings of a ``top`` side network (the backbone's own top blocks): its heads,
+    key/value heads, RoPE base and norm epsilon."""
+    config = backbone.config.get_text_config()
+    return {**pruned_settings(backbone), "n_kv_heads": config.num_key_value_heads, "norm_eps": config.rms_norm_eps}
+
+
+@torch.no_grad()
+def copy_top_blocks(model: SideNetwork, backbone) -> SideNetwork:
+    """Overwrites a ``top`` side network with the backbone's top blocks and final norm, so that it
+    starts as exactly the function from h_{L-delta} to h_L that the backbone computes."""
+    c, state = model.config, backbone.state_dict()
+    if c.kind != "top":
+        raise SideConfigError(f"copy_top_blocks needs a side network of kind 'top', not {c.kind!r}")
+    for side, b in zip(model.blocks, range(c.n_layers - c.delta, c.n_layers)):
+        w = lambda name: state[f"model.layers.{b}.{name}.weight"].float()
+        side.attn.qkv.weight.copy_(torch.cat([w("self_attn.q_proj"), w("self_attn.k_proj"), w("self_attn.v_proj")]))
+        side.attn.proj.weight.copy_(w("self_attn.o_proj"))
+        side.mlp.gate.weight.copy_(w("mlp.gate_proj"))
+        side.mlp.up.weight.copy_(w("mlp.up_proj"))
+        side.mlp.down.weight.copy_(w("mlp.down_proj"))
+        side.attn_norm.weight.copy_(w("input_layernorm"))
+        side.mlp_norm.weight.copy_(w("post_attention_layernorm"))
+    model.norm.weight.copy_(state["model.norm.weight"].float())
+    return model

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from train_side.network.model import SideConfig, SideConfigError, SideNetwork
-from train_side.network.prune import init_from_backbone, pruned_settings, source_blocks
+from train_side.network.model import KVCache, SideConfig, SideConfigError, SideNetwork
+from train_side.network.prune import copy_top_blocks, init_from_backbone, pruned_settings, source_blocks, top_settings
 
 
 def tiny_llama() -> LlamaForCausalLM:
@@ -53,3 +53,26 @@ def test_refuses_head_counts_other_than_the_backbones():
     with pytest.raises(SideConfigError, match="n_heads=4"):
         default_heads = SideConfig(n_layers=3, hidden_size=64, intermediate_size=128, reduction=2)  # 1 head
         init_from_backbone(SideNetwork(default_heads), tiny_llama())
+
+
+@pytest.mark.parametrize("delta", [1, 2])
+def test_top_blocks_start_as_the_backbone_from_their_input_to_its_output(delta):
+    backbone = tiny_llama()
+    config = SideConfig(n_layers=3, hidden_size=64, intermediate_size=128, kind="top", delta=delta,
+                        **top_settings(backbone))
+    side = copy_top_blocks(SideNetwork(config), backbone)
+    assert config.inputs == (3 - delta,) and config.width == 64 and config.kv_heads == 2
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        hidden = backbone(ids, output_hidden_states=True).hidden_states
+        torch.testing.assert_close(side({3 - delta: hidden[3 - delta]}), hidden[3], atol=1e-5, rtol=1e-4)
+        # generation: a prompt, then the rest through the KV cache, gives the same states
+        cache, mask, h = KVCache(), torch.ones(2, 9, dtype=torch.long), hidden[3 - delta]
+        prompt = side({3 - delta: h[:, :5]}, cache, mask[:, :5])
+        rest = side({3 - delta: h[:, 5:]}, cache, mask)
+        torch.testing.assert_close(torch.cat([prompt, rest], 1), hidden[3], atol=1e-5, rtol=1e-4)
+
+
+def test_top_blocks_refuse_ladder_taps():
+    with pytest.raises(SideConfigError, match="Ladder options"):
+        SideConfig(n_layers=3, hidden_size=64, intermediate_size=128, kind="top", every=2)
