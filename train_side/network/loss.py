@@ -103,3 +103,14 @@ def mean_loss(model: SideNetwork, head: FrozenHead, batches) -> float:
         total += batch_loss(model, head, batch).item() * n
         targets += n
     return total / targets
+
+
+@torch.no_grad()
+def token_losses(y: Tensor, input_ids: Tensor, loss_mask: Tensor, head: FrozenHead) -> Tensor:
+    """The cross-entropy of every target token (N,), in the order of ``loss_mask`` (row-major): what
+    ``next_token_loss`` averages, kept apart so a loss can be split by kind of token."""
+    predicts = loss_mask[:, 1:].bool()
+    y_sel, targets = y[:, :-1][predicts], input_ids[:, 1:][predicts].long()
+    chunk = chunk_rows(len(head.weight))
+    return torch.cat([F.cross_entropy(head(y_sel[i:i + chunk]), targets[i:i + chunk], reduction="none")
+                      for i in range(0, len(y_sel), chunk)])

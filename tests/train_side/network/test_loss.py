@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train_side.network.loss import linear_cross_entropy, next_token_loss
+from train_side.network.loss import linear_cross_entropy, next_token_loss, token_losses
 from train_side.network.model import FrozenHead
 
 N, D, V = 10, 8, 50
@@ -78,3 +78,13 @@ def test_next_token_loss_refuses_a_batch_without_targets():
     with pytest.raises(ValueError, match="no target"):
         next_token_loss(torch.randn(1, 4, D), torch.zeros(1, 4, dtype=torch.long),
                         torch.tensor([[1, 0, 0, 0]]), frozen_head())
+
+
+def test_token_losses_average_to_the_batch_loss():
+    torch.manual_seed(0)
+    head = FrozenHead({"lm_head.weight": np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)}, {})
+    y, ids = torch.randn(2, 7, 8), torch.randint(0, 50, (2, 7))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    per_token = token_losses(y, ids, mask, head)
+    assert per_token.shape == (int(mask[:, 1:].sum()),)
+    torch.testing.assert_close(per_token.mean(), next_token_loss(y, ids, mask, head))
