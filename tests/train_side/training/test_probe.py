@@ -1,6 +1,5 @@
 """Linear probes of the stored layers, trained from the store alone."""
 
-
 from featurestore import FeatureStore
 from train_side.config import DataConfig, OptimConfig
 from train_side.data import plan, read_batch, split_examples
