@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import click
 
@@ -56,7 +57,7 @@ def split_options(o: dict) -> tuple[dict, OptimConfig, DataConfig]:
     """The side settings (beyond the backbone's sizes), optimiser and data configs of the parsed
     options, popped from them. An xLadder drops the Ladder-only settings, which it would refuse."""
     side = config_values(SideConfig, o)
-    if side["kind"] == "xladder":
+    if side["kind"] != "ladder":
         side = {k: v for k, v in side.items() if k not in LADDER_ONLY}
     return side, config_from_options(OptimConfig, o), config_from_options(DataConfig, o)
 
@@ -140,6 +141,37 @@ def loss_cmd(checkpoint, store, token_budget, device) -> None:
 
     loss = teacher_forced_loss(fetch_run(checkpoint), store, token_budget, device)
     click.echo(f"teacher-forced loss {loss:.4f} per target token")
+
+
+def parse_layers(value: str | None) -> list[int] | None:
+    try:
+        return None if value is None else [int(k) for k in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give layer numbers separated by commas, e.g. 0,10,20") from None
+
+
+@main.command("probe")
+@click.argument("store")
+@cache_option
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where probe.json goes.")
+@click.option("--layers", default=None, callback=lambda ctx, param, value: parse_layers(value),
+              help="Stored layers to probe, e.g. 0,10,20,30 (default: every stored layer).")
+@config_options(DataConfig, skip=("eval_every", "save_every"))
+@click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate of the probes (AdamW).")
+@click.option("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N].")
+def probe_cmd(store, out, layers, lr, device, **o) -> None:
+    """How much of the next target token each stored layer already holds: one linear probe per
+    layer (an affine map into the frozen head, a "tuned lens"), all trained together from STORE.
+    Prints each layer's validation loss untrained (the "logit lens": the backbone's own head read at
+    that layer) and trained. Where no layer's probe gets near a loss, no side network reading those
+    states will either. Needs no backbone."""
+    from featurestore import FeatureStore
+
+    from .training.probe import probe_layers, write_table
+
+    data = config_from_options(DataConfig, o)
+    results = probe_layers(FeatureStore.open(store), layers, data, OptimConfig(lr=lr), device=device)
+    click.echo(write_table(results, Path(out)))
 
 
 @main.command("check")

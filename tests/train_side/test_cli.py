@@ -73,3 +73,15 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, tiny_s
     monkeypatch.setattr(train_side.cli, "train", bug)
     crashed = CliRunner().invoke(main, args)
     assert isinstance(crashed.exception, ValueError) and "a bug" not in crashed.output
+
+
+def test_probe_prints_a_row_per_layer_and_refuses_layers_the_store_lacks(tmp_path, tiny_store):
+    args = ["probe", str(tiny_store), "--out", str(tmp_path / "p"), "--device", "cpu", "--epochs", "1"]
+    result = CliRunner().invoke(main, [*args, "--layers", "0,4"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]  # under the header
+    assert [row.split("|")[1].strip() for row in rows] == ["0", "4"]
+    missing = CliRunner().invoke(main, [*args, "--layers", "0,9"])
+    assert missing.exit_code == 1 and missing.output.startswith("Error: the store holds no hidden states [9]")
+    bad = CliRunner().invoke(main, [*args, "--layers", "top"])
+    assert bad.exit_code == 2 and "layer numbers separated by commas" in bad.output

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from featurestore import FeatureStore
+from featurestore.errors import UserError
 
 from ..config import DataConfig, OptimConfig
 from ..data import epoch_order, loader_settings, plan, read_ahead, split_examples
@@ -32,6 +33,10 @@ from ..network.encoded import decoded
 from ..network.loss import next_token_loss
 from ..network.model import FrozenHead, rms_inverse
 from .train import lr_factor
+
+
+class ProbeError(UserError, ValueError):
+    """Layers to probe that the store does not hold."""
 
 
 class LensProbe(nn.Module):
@@ -85,6 +90,9 @@ def probe_layers(store: FeatureStore, layers: list[int] | None = None, data: Dat
     split and returns each one's validation loss before (logit lens) and after training."""
     data, optim, device = data or DataConfig(epochs=1), optim or OptimConfig(lr=1e-3), resolve_device(device)
     layers = sorted(layers or store.layers)
+    missing = sorted(set(layers) - set(store.layers))
+    if missing:
+        raise ProbeError(f"the store holds no hidden states {missing} (it has {list(store.layers)}); probe those it has")
     weights, head_config = store.head()
     head = FrozenHead(weights, head_config).to(device)
     final = max(store.layers)
