@@ -13,7 +13,7 @@ from extract.backbones.check import CHECK_ROWS, CHECK_TOKENS, HeadCheck, check_h
 from extract.provenance import Provenance
 from featurestore import FeatureStore
 
-from .backbone import reload_backbone
+from ..backbone import reload_backbone
 
 
 def check_store(store: str | Path, device: str = "auto") -> HeadCheck:

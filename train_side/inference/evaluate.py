@@ -19,17 +19,22 @@ from extract.tasks.answers import FINISHED_ANSWER, is_correct
 from extract.tasks.examples import Example
 from extract.tasks.prompts import encode_prompt
 from featurestore import FeatureStore, get_codec
+from featurestore.errors import UserError
 
+from ..backbone import reload_backbone
 from ..checkpoint import Checkpoint, load_side
 from ..config import GenerateConfig
 from ..data import plan, read_ahead
 from ..devices import resolve_device
 from ..network.loss import mean_loss
 from ..network.model import FrozenHead
-from .backbone import EvalError, reload_backbone
 from .generate import Pipeline, generate
 
 __all__ = ["EvalError", "answer", "evaluate", "is_correct", "score", "teacher_forced_loss"]
+
+
+class EvalError(UserError, ValueError):
+    """A store that cannot score a checkpoint (another backbone or codec); the message says why."""
 
 
 def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: str | None = None,

@@ -36,7 +36,7 @@ from featurestore.errors import UserError
 
 from ..checkpoint import Checkpoint, load_side
 from ..config import GenerateConfig
-from .backbone import reload_backbone
+from ..backbone import reload_backbone
 from .generate import Pipeline, generate
 from .hub import fetch_run
 from ..network.model import FrozenHead

@@ -11,6 +11,7 @@ from extract.backbones import load_backbone
 from extract.run import extract
 from featurestore import FeatureStore
 from train_side import checkpoint
+from train_side.backbone import BackboneError
 from train_side.cli import main
 from train_side.inference.evaluate import EvalError, evaluate, is_correct, teacher_forced_loss
 from tests.train_side.generation import assert_cached_generation_equals_recomputation
@@ -108,7 +109,7 @@ def test_another_backbone_is_refused(trained, tmp_path):
     config = checkpoint.load_config(copy)
     config["store"]["model"]["weights_hash"] = "0" * 64
     (copy / "side_config.json").write_text(json.dumps(config))
-    with pytest.raises(EvalError, match="differs from the one the store was extracted from"):
+    with pytest.raises(BackboneError, match="differs from the one the store was extracted from"):
         evaluate(copy, limit=1, progress=False)
     result = CliRunner().invoke(main, ["eval", str(copy), "--limit", "1"])
     assert result.exit_code == 1 and "Error: the backbone found at" in result.output

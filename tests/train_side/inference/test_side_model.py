@@ -14,8 +14,8 @@ from extract.tasks.prompts import encode_prompt
 from featurestore import FeatureStore
 from train_side import SideModel, checkpoint
 from train_side.cli import main
+from train_side.backbone import BackboneError
 from train_side.config import DataConfig
-from train_side.inference.evaluate import EvalError
 from train_side.inference.generate import Pipeline, generate, left_pad
 from train_side.inference.side_model import GenerationArgumentError
 from train_side.network.model import FrozenHead
@@ -160,7 +160,7 @@ def test_another_backbone_is_refused(run, model, tmp_path):
     config = checkpoint.load_config(copy)
     config["store"]["model"]["weights_hash"] = "0" * 64
     (copy / "side_config.json").write_text(json.dumps(config))
-    with pytest.raises(EvalError, match="differs from the one the store was extracted from"):
+    with pytest.raises(BackboneError, match="differs from the one the store was extracted from"):
         SideModel.from_pretrained(copy)
     with pytest.raises(GenerationArgumentError, match="the backbone passed differs"):
         SideModel.from_pretrained(copy, backbone=model.backbone)
