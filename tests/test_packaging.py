@@ -48,13 +48,13 @@ DISTRIBUTIONS = {
     "yaml": "pyyaml",
     "matplotlib": "matplotlib",
     "peft": "peft",
+    "bitsandbytes": "bitsandbytes",
 }
 
 # Declared but never imported by name: why each is needed.
 NOT_IMPORTED = {
     "aiohttp": "fsspec's http(s) filesystem, for stores read by URL",
     "accelerate": "transformers needs it to load GGUF files and quantised models",
-    "bitsandbytes": "transformers' 4/8-bit quantisation (extract --quantization)",
     "pytest": "the test suite",
 }
 

@@ -100,15 +100,29 @@ def top_settings(backbone) -> dict:
     return {**pruned_settings(backbone), "n_kv_heads": config.num_key_value_heads, "norm_eps": config.rms_norm_eps}
 
 
+def dense_weight(backbone, name: str) -> Tensor:
+    """The float32 weight of the backbone's module ``name``, dequantised if bitsandbytes holds it in 4 bits."""
+    weight = backbone.get_submodule(name).weight
+    if getattr(weight, "quant_state", None) is not None:
+        import bitsandbytes.functional as bnb
+
+        return bnb.dequantize_4bit(weight.data, weight.quant_state).float()
+    if not weight.is_floating_point():
+        raise SideConfigError(f"{name} is held in 8-bit integers, which a top side network cannot start from; "
+                              "extract with --quantization none or nf4")
+    return weight.float()
+
+
 @torch.no_grad()
 def copy_top_blocks(model: SideNetwork, backbone) -> SideNetwork:
-    """Overwrites a ``top`` side network with the backbone's top blocks and final norm, so that it
-    starts as exactly the function from h_{L-delta} to h_L that the backbone computes."""
-    c, state = model.config, backbone.state_dict()
+    """Overwrites a ``top`` side network with the backbone's top blocks and final norm (a Hugging Face
+    Llama-style model; 4-bit weights are dequantised), so that it starts as exactly the function from
+    h_{L-delta} to h_L that the backbone computes."""
+    c = model.config
     if c.kind != "top":
         raise SideConfigError(f"copy_top_blocks needs a side network of kind 'top', not {c.kind!r}")
     for side, b in zip(model.blocks, range(c.n_layers - c.delta, c.n_layers)):
-        w = lambda name: state[f"model.layers.{b}.{name}.weight"].float()
+        w = lambda name: dense_weight(backbone, f"model.layers.{b}.{name}")
         side.attn.qkv.weight.copy_(torch.cat([w("self_attn.q_proj"), w("self_attn.k_proj"), w("self_attn.v_proj")]))
         side.attn.proj.weight.copy_(w("self_attn.o_proj"))
         side.mlp.gate.weight.copy_(w("mlp.gate_proj"))
@@ -116,5 +130,5 @@ def copy_top_blocks(model: SideNetwork, backbone) -> SideNetwork:
         side.mlp.down.weight.copy_(w("mlp.down_proj"))
         side.attn_norm.weight.copy_(w("input_layernorm"))
         side.mlp_norm.weight.copy_(w("post_attention_layernorm"))
-    model.norm.weight.copy_(state["model.norm.weight"].float())
+    model.norm.weight.copy_(dense_weight(backbone, "model.norm"))
     return model

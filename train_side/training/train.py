@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from featurestore import FeatureStore
 from featurestore.errors import UserError
 
 from .. import checkpoint
+from ..backbone import reload_backbone
 from ..checkpoint import Checkpoint, TrainedFrom
 from ..config import DataConfig, OptimConfig
 from ..data import epoch_order, loader_settings, plan, read_ahead, split_examples
@@ -29,6 +30,7 @@ from ..devices import resolve_device
 from ..network.batch import Batch
 from ..network.loss import batch_loss, mean_loss
 from ..network.model import FrozenHead, SideConfig, SideNetwork
+from ..network.prune import copy_top_blocks, top_settings
 from . import rundir
 from .plots import loss_curve
 
@@ -182,6 +184,18 @@ def fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: str
         return _fit(store, specs, data, device, resume, progress, init)
 
 
+def top_blocks(store: FeatureStore, specs: list[RunSpec]) -> tuple[list[RunSpec], Callable | None]:
+    """The specs with each ``top`` side network given its backbone's attention settings, and the start
+    that copies the backbone's top blocks into a top network (None when there is none: then no
+    backbone is loaded). The backbone is reloaded exactly as the store was extracted, once."""
+    if not any(spec.side.kind == "top" for spec in specs):
+        return specs, None
+    backbone = reload_backbone(Provenance.load(store.attrs).model, device="cpu").model
+    settings = top_settings(backbone)
+    specs = [replace(spec, side=replace(spec.side, **settings)) if spec.side.kind == "top" else spec for spec in specs]
+    return specs, lambda model: copy_top_blocks(model, backbone) if model.config.kind == "top" else None
+
+
 def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: str = "auto", resume: bool = False,
          progress: bool = True, init: Callable[[SideNetwork], object] | None = None) -> list[Run]:
     """Trains every run over one pass of the data per epoch: each batch is read and decoded once
@@ -198,11 +212,14 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
                          f"(it has {list(store.layers)}); extract them or change the taps")
     head = FrozenHead(*store.head()).to(device)  # one copy for every run
     total_steps = data.epochs * len(train_batches)
+    specs, start_top = top_blocks(store, specs)
     runs = [Run.for_store(store, spec, data=data, total_steps=total_steps, device=device, head=head) for spec in specs]
     for run in runs:
         run.resume() if resume else run.start_fresh()
-        if init is not None and run.step == 0:
-            init(run.model)
+        for start in (start_top, init) if run.step == 0 else ():
+            if start is not None:
+                start(run.model)
+    del start_top  # the backbone: no longer needed
     loader = loader_settings(device)
     validation = [b.to(device) for b in read_ahead(store, val_batches, layers, **loader)]
     start_step = min(run.step for run in runs)

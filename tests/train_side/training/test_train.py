@@ -23,7 +23,8 @@ SMALL = {"side_width": 16, "n_heads": 2}
 
 @pytest.fixture(autouse=True)
 def no_backbone(monkeypatch):
-    """Training must never build a transformers model: any attempt fails the test."""
+    """Training a Ladder or xLadder never builds a transformers model: any attempt fails the test (a
+    top side network starts from its backbone's blocks: tests/train_side/training/test_top.py)."""
     monkeypatch.setattr(transformers.PreTrainedModel, "__init__", lambda *a, **k: pytest.fail("a backbone was built"))
 
 
@@ -116,3 +117,4 @@ def test_cli_train_and_sweep(tmp_path, tiny_store):
     assert bad.exit_code == 1 and "unknown settings ['colour']" in bad.output
     missing = runner.invoke(main, ["train", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "m")])
     assert missing.exit_code == 1 and missing.output.startswith("Error: no feature store at")
+

@@ -1,0 +1,30 @@
+"""A side network made of the backbone's own top blocks: it starts as exactly the backbone (its blocks
+copied once from the reloaded backbone), then trains from the store like any side network."""
+
+import numpy as np
+import torch
+
+from extract.run import extract
+from featurestore import FeatureStore
+from train_side import checkpoint
+from train_side.config import DataConfig, OptimConfig
+from train_side.network.model import SideConfig, SideNetwork
+from train_side.training.train import RunSpec, backbone_dims, top_blocks, train
+
+
+def test_a_top_side_network_starts_as_the_backbones_top_blocks_and_trains(tmp_path, tiny_llama):
+    store = FeatureStore.open(extract(str(tiny_llama), limit=8, root=tmp_path / "s", codec="fp32",
+                                      progress=False).store)
+    L_top = store.attrs["model"]["n_layers"]
+    [spec], start = top_blocks(store, [RunSpec.at(tmp_path / "top", SideConfig(**backbone_dims(store), kind="top",
+                                                                              delta=1))])
+    side = SideNetwork(spec.side)
+    start(side)
+    example = store.example(0, layers=[L_top - 1, L_top])
+    with torch.no_grad():
+        y = side({L_top - 1: torch.from_numpy(example.hidden[L_top - 1])[None]})[0]
+    torch.testing.assert_close(y, torch.from_numpy(example.hidden[L_top]), atol=1e-4, rtol=1e-4)
+    run = train(store, tmp_path / "run", side={"kind": "top", "delta": 1}, optim=OptimConfig(lr=1e-3),
+                data=DataConfig(epochs=2, token_budget=256, val_fraction=0.25), device="cpu", progress=False)
+    assert run.side.kind == "top" and run.side.heads == spec.side.heads and np.isfinite(run.val_loss)
+    assert checkpoint.load_side(tmp_path / "run").config == run.side
