@@ -40,12 +40,28 @@ def test_compare_runs_every_method_on_a_tiny_model(tmp_path, tiny_llama):
     rerun = json.loads((tmp_path / "compare.json").read_text())
     assert rerun["methods"] == methods and rerun["runs"] == data["runs"]  # a rerun reuses what is done
     assert list(rerun["levers"]) == ["wider (d/2)", "every block tapped", "LST init (pruned backbone)", "3x the steps",
-                                     "10x the steps", "xLadder, 10x the steps"]
+                                     "10x the steps", "xLadder, 10x the steps", "the backbone's top 4 blocks",
+                                     "the backbone's top 8 blocks"]
     assert rerun["levers"]["3x the steps"]["steps"] == 3 * steps and rerun["levers"]["10x the steps"]["steps"] == 10 * steps
     pruned = json.loads((tmp_path / "levers" / "LST init (pruned backbone)" / "side_config.json").read_text())
     assert pruned["side"]["n_heads"] == 4  # the backbone's heads, each cut to the side width
     assert rerun["levers"]["wider (d/2)"]["trainable"] > methods["ladder"]["trainable"]
+    top = json.loads((tmp_path / "levers" / "the backbone's top 4 blocks" / "side_config.json").read_text())["side"]
+    assert top["kind"] == "top" and top["n_heads"] == 4 and rerun["levers"]["the backbone's top 4 blocks"]["lr"] == 5e-4
     assert rerun["levers"]["xLadder, 10x the steps"]["trainable"] == methods["xladder"]["trainable"]
     assert rerun["levers"]["xLadder, 10x the steps"]["lr"] == methods["xladder"]["lr"]
     report = (tmp_path / "compare.md").read_text()
     assert "Levers on the Ladder" in report and "comparable accuracy (10x the steps)" in report
+
+
+def test_claim_a_is_not_judged_where_neither_learns_and_shows_the_loss_gap():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare import claims
+
+    row = lambda accuracy, loss: {"accuracy": accuracy, "val_loss": loss, "train_seconds": 500.0}
+    data = {"methods": {"ladder": row(0.0, 1.30), "qlora": row(0.0, 0.79)}, "eval": {"backbone": {"accuracy": 0.0}},
+            "setup": {"side_lrs": [1e-3]}, "extract_seconds": 100.0, "side_sweep": {"sweep_seconds": 50.0}}
+    claim, verdict, numbers = claims(data)[0]
+    assert verdict.startswith("not judged") and "validation loss 1.300 vs 0.790 (1.6x)" in numbers
+    data["methods"]["qlora"] = row(0.655, 0.036)
+    assert claims(data)[0][1] == "does not hold"
