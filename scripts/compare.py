@@ -141,7 +141,7 @@ def side_configs(store: FeatureStore) -> dict[str, SideConfig]:
     xladder = lambda w: SideConfig(**dims, kind="xladder", delta=XLADDER_DELTA, side_width=w, n_heads=heads(w))
     widths = range(8, 4 * dims["hidden_size"] + 1, 8)
     width = min(widths, key=lambda w: abs(n_parameters(xladder(w)) - target))
-    return {"ladder": ladder, "xladder": xladder(width), "top": SideConfig(**dims, kind="top", delta=TOP_DELTA)}
+    return {"ladder": ladder, "xladder": xladder(width), "top": SideConfig(**dims, kind="top", delta=min(TOP_DELTA, dims["n_layers"]))}
 
 
 def n_parameters(config: SideConfig) -> int:
