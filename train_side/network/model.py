@@ -1,4 +1,4 @@
-"""The side network of Ladder Side Tuning, in its Ladder and xLadder forms, and the frozen LM head.
+"""The side network of Ladder Side Tuning, in its Ladder, xLadder and top-blocks forms, and the frozen LM head.
 
 A side network reads a few hidden states h_k of a frozen backbone (L blocks, width d; h_0 is the
 embedding output, h_L the post-final-norm state) and computes y (B, T, d) for the backbone's frozen
@@ -13,6 +13,10 @@ ladders from h_{L-delta+1} .. h_L, the last delta take none::
         s = Block_i(s)
     out = up(norm(s))                                   # (B, T, d)
     y = (1 - z) * out + z * h_L,  z = sigmoid(beta)     # with mix; else y = out
+
+Top(delta): the backbone's own top delta blocks at full width (copied from it by
+``prune.copy_top_blocks``), with no ladders: ``s = h_{L-delta}; s = Block_i(s); y = norm(s)``, the
+backbone's function from h_{L-delta} to h_L until training changes it.
 
 Each down_i is RMSNorm then a linear map: the norm tames the "massive activations" of real residual
 streams (single values ~1e4 in a few tokens) that would otherwise swamp the side state.
@@ -34,7 +38,7 @@ from featurestore.errors import UserError
 from .encoded import Encoded, decoded
 
 KINDS = ("ladder", "xladder", "top")
-LADDER_ONLY = ("taps", "every")  # settings an xLadder refuses: it taps the top delta blocks
+LADDER_ONLY = ("taps", "every")  # settings the other kinds refuse: they read the top delta blocks
 
 
 class SideConfigError(UserError, ValueError):
@@ -43,7 +47,7 @@ class SideConfigError(UserError, ValueError):
 
 @dataclass
 class SideConfig:
-    """A Ladder or xLadder side network; JSON round-trips as ``SideConfig(**asdict(config))``."""
+    """A Ladder, xLadder or top-blocks side network; JSON round-trips as ``SideConfig(**asdict(config))``."""
 
     n_layers: int  # backbone blocks L
     hidden_size: int  # backbone width d
