@@ -10,13 +10,15 @@ import pytest
 from tests import helpers
 
 REPO = Path(__file__).resolve().parents[2]
+# a backstop for a hang, not a deadline: a busy 2-core machine takes ~10 minutes for the levers alone
+HANG = 3600
 TINY = ["--train-examples", "24", "--test-examples", "4", "--max-new-tokens", "8", "--token-budget", "2048"]
 
 
 @pytest.mark.slow  # 17 fresh processes: about 2 minutes
 def test_compare_runs_every_method_on_a_tiny_model(tmp_path, tiny_llama):
     command = [sys.executable, "scripts/compare.py", "--model", str(tiny_llama), "--out", str(tmp_path), *TINY]
-    done = helpers.run(command, timeout=600, cwd=REPO, capture_output=True, text=True)
+    done = helpers.run(command, timeout=HANG, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     data = json.loads((tmp_path / "compare.json").read_text())
     methods = data["methods"]
@@ -35,7 +37,7 @@ def test_compare_runs_every_method_on_a_tiny_model(tmp_path, tiny_llama):
     report = (tmp_path / "compare.md").read_text()
     assert "| backbone alone |" in report and "(a) Ladder accuracy within 3 points" in report
     assert (tmp_path / "compare.png").stat().st_size > 0
-    again = helpers.run([*command, "--levers"], timeout=600, cwd=REPO, capture_output=True, text=True)
+    again = helpers.run([*command, "--levers"], timeout=HANG, cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads((tmp_path / "compare.json").read_text())
     assert rerun["methods"] == methods and rerun["runs"] == data["runs"]  # a rerun reuses what is done
