@@ -65,12 +65,11 @@ class ProbeResult:
     probe_loss: float  # after training
 
 
-def norm_weight(head_config: dict, weights: dict, d: int) -> Tensor:
-    """The scale of the backbone's final norm (ones when it has none or no weight)."""
-    norm = head_config.get("norm") or {}
-    if "norm.weight" not in weights:
-        return torch.ones(d)
-    return torch.tensor(weights["norm.weight"], dtype=torch.float32) + float(norm.get("weight_offset", 0.0))
+def norm_scale(head: FrozenHead, head_config: dict) -> Tensor:
+    """The scale of the backbone's final norm, as the stored head keeps it (ones without a weight)."""
+    if head.norm_weight is None:
+        return torch.ones(head.weight.shape[1])
+    return head.norm_weight.cpu() + float((head_config.get("norm") or {}).get("weight_offset", 0.0))
 
 
 @torch.no_grad()
@@ -97,7 +96,7 @@ def probe_layers(store: FeatureStore, layers: list[int] | None = None, data: Dat
     head = FrozenHead(weights, head_config).to(device)
     final = max(store.layers)
     torch.manual_seed(optim.seed)
-    probe = LensProbe(layers, final, norm_weight(head_config, weights, head.weight.shape[1])).to(device)
+    probe = LensProbe(layers, final, norm_scale(head, head_config)).to(device)
     train_idx, val_idx = split_examples(store.n_examples, data.val_fraction, data.seed)
     train, val = plan(store, train_idx, data.token_budget), plan(store, val_idx, data.token_budget)
     loader = loader_settings(device)
