@@ -23,7 +23,7 @@ import torch
 from extract.backbones import Backbone, resolve_backbone
 from featurestore import FeatureStore
 from train_side.config import DataConfig, OptimConfig
-from train_side.data import epoch_order, plan, read_ahead, read_batch, split_examples
+from train_side.data import epochs_from, plan, read_ahead, read_batch, split_examples
 from train_side.network.batch import Batch
 from train_side.training.train import Run, lr_factor
 
@@ -38,9 +38,9 @@ def batches(store: FeatureStore, data: DataConfig) -> tuple[list[np.ndarray], li
 
 def schedule(store: FeatureStore, data: DataConfig) -> list[np.ndarray]:
     """Every optimizer step's batch, in order: epochs of the training batches, each shuffled as
-    ``fit`` shuffles them."""
+    ``fit`` shuffles them, cut at ``data.max_steps`` when it is set."""
     train, _ = batches(store, data)
-    return [train[i] for epoch in range(data.epochs) for i in epoch_order(len(train), data.seed, epoch)]
+    return [train[i] for _, order in epochs_from(len(train), data) for i in order]
 
 
 # --- side networks: from the store, or with the backbone live ----------------------------------

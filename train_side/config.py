@@ -33,6 +33,9 @@ class DataConfig:
     """What every run of a training job (or sweep) sees: the same batches in the same order."""
 
     epochs: int = field(default=2, metadata={"help": "Passes over the training examples.", "min": 1})
+    max_steps: int = field(default=0, metadata={
+        "help": "Optimizer steps to train (0: `epochs` passes). Overrides --epochs: the data is passed over as "
+                "often as the steps need, the last pass cut short.", "min": 0})
     token_budget: int = field(default=4096, metadata={"help": "Padded tokens per batch.", "min": 1})
     val_fraction: float = field(default=0.05, metadata={
         "help": "Fraction of the store's examples held out for the validation loss.", "min": 0, "max": 1,
@@ -43,6 +46,10 @@ class DataConfig:
         "help": "Steps between validations (0: at the end of each epoch only).", "min": 0})
     save_every: int = field(default=0, metadata={
         "help": "Steps between checkpoints (0: at the end of each epoch only).", "min": 0})
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The steps of a job whose epochs have ``steps_per_epoch`` batches."""
+        return self.max_steps or self.epochs * steps_per_epoch
 
 
 @dataclass

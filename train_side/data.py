@@ -20,6 +20,7 @@ from featurestore import FeatureStore
 from featurestore.errors import UserError
 from featurestore.layout import plan_batches
 
+from .config import DataConfig
 from .network.batch import Batch
 from .network.encoded import DECODERS, Encoded
 
@@ -69,6 +70,15 @@ def epoch_order(n_batches: int, seed: int, epoch: int) -> np.ndarray:
     """The batch order of an epoch: a function of (seed, epoch) only, so a resumed run and
     every model of a sweep see exactly the same sequence."""
     return np.random.default_rng([seed, epoch]).permutation(n_batches)
+
+
+def epochs_from(n_batches: int, data: DataConfig, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """(epoch, its batch indices in training order) of every epoch from step ``start`` on, the last
+    epoch cut short where ``data.max_steps`` ends the job."""
+    total = data.total_steps(n_batches)
+    for epoch in range(start // n_batches, -(-total // n_batches)):
+        first = epoch * n_batches  # the step this epoch starts at
+        yield epoch, epoch_order(n_batches, data.seed, epoch)[max(0, start - first):total - first]
 
 
 def read_ahead(store: FeatureStore, batches: list[np.ndarray], layers, depth: int = 1,

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from featurestore import FeatureStore
-from train_side.data import epoch_order, plan, read_ahead, read_batch, split_examples
+from train_side.config import DataConfig
+from train_side.data import epoch_order, epochs_from, plan, read_ahead, read_batch, split_examples
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,15 @@ def test_epoch_order_depends_on_seed_and_epoch_only():
     assert np.array_equal(epoch_order(10, 0, 1), epoch_order(10, 0, 1))
     assert not np.array_equal(epoch_order(10, 0, 1), epoch_order(10, 0, 2))
     assert sorted(epoch_order(10, 5, 0)) == list(range(10))
+
+
+def test_epochs_from_cuts_the_last_epoch_at_max_steps_and_resumes_mid_epoch():
+    whole = [(e, list(o)) for e, o in epochs_from(4, DataConfig(epochs=2))]
+    assert whole == [(0, list(epoch_order(4, 0, 0))), (1, list(epoch_order(4, 0, 1)))]
+    cut = [(e, list(o)) for e, o in epochs_from(4, DataConfig(epochs=1, max_steps=10))]  # max_steps overrides
+    assert [e for e, _ in cut] == [0, 1, 2] and cut[2][1] == list(epoch_order(4, 0, 2))[:2]
+    resumed = [(e, list(o)) for e, o in epochs_from(4, DataConfig(max_steps=10), start=5)]
+    assert resumed == [(1, list(epoch_order(4, 0, 1))[1:]), cut[2]]
 
 
 def test_read_ahead_yields_in_order_stops_early_and_reraises(store):

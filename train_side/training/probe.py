@@ -27,7 +27,7 @@ from featurestore import FeatureStore
 from featurestore.errors import UserError
 
 from ..config import DataConfig, OptimConfig
-from ..data import epoch_order, loader_settings, plan, read_ahead, split_examples
+from ..data import epochs_from, loader_settings, plan, read_ahead, split_examples
 from ..devices import resolve_device
 from ..network.encoded import decoded
 from ..network.loss import next_token_loss
@@ -103,11 +103,11 @@ def probe_layers(store: FeatureStore, layers: list[int] | None = None, data: Dat
     validation = [b.to(device) for b in read_ahead(store, val, layers, **loader)]
     before = val_losses(probe, head, validation)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=optim.lr, weight_decay=0.0)
-    total = data.epochs * len(train)
+    total = data.total_steps(len(train))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, optim))
     with tqdm(total=total, unit="step", desc="probe", disable=not progress, file=sys.stderr) as bar:
-        for epoch in range(data.epochs):
-            batches = [train[i] for i in epoch_order(len(train), data.seed, epoch)]
+        for _, order in epochs_from(len(train), data):
+            batches = [train[i] for i in order]
             for batch in read_ahead(store, batches, layers, **loader):
                 batch = batch.to(device)
                 loss = sum(next_token_loss(probe(batch.hidden[k], i), batch.input_ids, batch.loss_mask, head)

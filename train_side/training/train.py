@@ -25,7 +25,7 @@ from .. import checkpoint
 from ..backbone import reload_backbone
 from ..checkpoint import Checkpoint, TrainedFrom
 from ..config import DataConfig, OptimConfig
-from ..data import epoch_order, loader_settings, plan, read_ahead, split_examples
+from ..data import epochs_from, loader_settings, plan, read_ahead, split_examples
 from ..devices import resolve_device
 from ..network.batch import Batch
 from ..network.loss import batch_loss, mean_loss
@@ -75,9 +75,10 @@ class Run:
     """One side network in training."""
 
     def __init__(self, spec: RunSpec, *, head: FrozenHead, total_steps: int, trained_from: TrainedFrom,
-                 data: DataConfig, device: torch.device):
+                 data: DataConfig, device: torch.device, steps_per_epoch: int = 0):
         self.spec, self.name, self.out, self.side, self.optim = spec, spec.name, Path(spec.out), spec.side, spec.optim
         self.head, self.total_steps, self.trained_from, self.data = head, total_steps, trained_from, data
+        self.steps_per_epoch = steps_per_epoch or total_steps / data.epochs  # for the epochs a checkpoint records
         self.device = device
         torch.manual_seed(self.optim.seed)  # each run's initialisation depends on its own seed only
         self.model = SideNetwork(self.side).to(device)
@@ -96,12 +97,13 @@ class Run:
 
     @classmethod
     def for_store(cls, store: FeatureStore, spec: RunSpec, *, data: DataConfig, total_steps: int,
-                  device: torch.device | str = "cpu", head: FrozenHead | None = None) -> Run:
+                  device: torch.device | str = "cpu", head: FrozenHead | None = None, steps_per_epoch: int = 0) -> Run:
         """A run of ``spec`` on ``store``'s data, on ``device``; ``head`` (the store's, already on the
         device) lets the runs of one job share one copy, else it is read from the store."""
         device = torch.device(device)
         head = head if head is not None else FrozenHead(*store.head()).to(device)
-        return cls(spec, head=head, total_steps=total_steps, trained_from=store_info(store), data=data, device=device)
+        return cls(spec, head=head, total_steps=total_steps, trained_from=store_info(store), data=data, device=device,
+                   steps_per_epoch=steps_per_epoch)
 
     def start_fresh(self) -> None:
         if rundir.has_checkpoint(self.out):
@@ -140,7 +142,7 @@ class Run:
     def describe(self) -> Checkpoint:
         return Checkpoint(name=self.name, side=self.side, optim=self.optim, data=self.data, store=self.trained_from,
                           n_parameters=self.model.n_parameters(), step=self.step,
-                          epochs=round(self.step * self.data.epochs / self.total_steps, 4), val_loss=self.val_loss,
+                          epochs=round(self.step / self.steps_per_epoch, 4), val_loss=self.val_loss,
                           train_seconds=round(self.seconds, 3))
 
     def resume(self) -> None:
@@ -211,9 +213,11 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
         raise TrainError(f"the side networks read hidden states {missing}, which the store does not hold "
                          f"(it has {list(store.layers)}); extract them or change the taps")
     head = FrozenHead(*store.head()).to(device)  # one copy for every run
-    total_steps = data.epochs * len(train_batches)
+    per_epoch = len(train_batches)
+    total_steps = data.total_steps(per_epoch)
     specs, start_top = top_blocks(store, specs)
-    runs = [Run.for_store(store, spec, data=data, total_steps=total_steps, device=device, head=head) for spec in specs]
+    runs = [Run.for_store(store, spec, data=data, total_steps=total_steps, device=device, head=head,
+                          steps_per_epoch=per_epoch) for spec in specs]
     for run in runs:
         run.resume() if resume else run.start_fresh()
         for start in (start_top, init) if run.step == 0 else ():
@@ -227,10 +231,8 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
         raise TrainError("the runs of this job stopped at different steps; resume them separately")
     with tqdm(total=total_steps, initial=start_step, unit="step", desc="train", disable=not progress,
               file=sys.stderr) as bar:
-        for epoch in range(start_step // len(train_batches), data.epochs):
-            order = epoch_order(len(train_batches), data.seed, epoch)
-            done = start_step - epoch * len(train_batches) if epoch == start_step // len(train_batches) else 0
-            batches = [train_batches[i] for i in order[done:]]
+        for epoch, order in epochs_from(per_epoch, data, start_step):
+            batches = [train_batches[i] for i in order]
             tick = time.perf_counter()
             for batch in read_ahead(store, batches, layers, **loader):
                 batch = batch.to(device)
@@ -242,7 +244,7 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
                 bar.update()
                 bar.set_postfix(loss=f"{losses[0]:.3f}", tok_s=f"{batch.n_tokens * len(runs) / elapsed:,.0f}")
                 step = runs[0].step
-                end_of_epoch = step % len(train_batches) == 0
+                end_of_epoch = step % per_epoch == 0 or step == total_steps
                 if validation and (end_of_epoch or data.eval_every and step % data.eval_every == 0):
                     for run in runs:
                         run.log({"epoch": epoch, "val_loss": run.validate(validation)})

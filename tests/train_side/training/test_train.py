@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -101,6 +102,19 @@ def test_resume_continues_identically(tmp_path, tiny_store, monkeypatch):
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
              if '"loss"' in line]
     assert steps == sorted(set(steps))  # metrics logged after the checkpoint were dropped, not duplicated
+
+
+def test_max_steps_overrides_epochs_and_continues_the_same_batch_sequence(tmp_path, tiny_store):
+    data = DataConfig(epochs=1, token_budget=96)
+    one = train(tiny_store, tmp_path / "one", side=SMALL, data=data, progress=False)
+    longer = train(tiny_store, tmp_path / "more", side=SMALL, data=replace(data, max_steps=one.step + 3),
+                   progress=False)
+    assert longer.step == one.step + 3 and longer.val_loss is not None  # validated at its last step
+    config = checkpoint.load_config(tmp_path / "more")
+    assert config["step"] == one.step + 3 and config["epochs"] == round((one.step + 3) / one.step, 4)
+    tokens = lambda run: [json.loads(line)["tokens"] for line in (tmp_path / run / "metrics.jsonl").read_text()
+                          .splitlines() if '"loss"' in line]
+    assert tokens("more")[:one.step] == tokens("one")  # the first epoch's batches, in the same order
 
 
 def test_cli_train_and_sweep(tmp_path, tiny_store):
