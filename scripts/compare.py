@@ -46,10 +46,11 @@ from train_side.config import DataConfig, OptimConfig
 from train_side.inference.evaluate import answer, score
 from train_side.inference.generate import Pipeline
 from train_side.network.model import FrozenHead, SideConfig, SideNetwork
-from train_side.network.prune import init_from_backbone, pruned_settings
+from train_side.network.prune import init_from_backbone, pruned_settings, top_settings
 from train_side.training.train import Run, RunSpec, backbone_dims, fit
 
 import benchlib
+import flops
 from benchlib import (
     CausalLMPipeline,
     batches,
@@ -78,10 +79,12 @@ LEVERS = {  # known ways to close a gap to QLoRA: each changes one thing of the 
     "3x the steps": {"epochs": 3},
     "10x the steps": {"epochs": 10},
     "xLadder, 10x the steps": {"method": "xladder", "epochs": 10},  # claim (c) once both have learned
-    "the backbone's top 4 blocks": {"method": "top", "lr": 5e-4},  # QLoRA's adaptation of the top, from the store
-    "the backbone's top 8 blocks": {"method": "top", "delta": 8, "lr": 5e-4},
+    "the backbone's top 4 blocks": {"method": "top", "delta": 4, "lr": 5e-4},  # QLoRA's adaptation of the top, from the store
+    "the backbone's top 8 blocks": {"method": "top", "lr": 5e-4},
 }
-TOP_DELTA = 4  # the top side network's blocks: the backbone's own top blocks, read from h_{L-4}
+TOP_DELTA = 8  # the top side network: the backbone's own top 8 blocks, read from h_{L-8} (docs/compare/diagnosis.md)
+SCALING = {"qlora": None, "ladder": None, "top": 5e-4}  # --budgets: each method's lr (None: the comparison's choice)
+SHARED_OVER = 10  # the extraction shared over a sweep of this many side networks, in the scaling plot
 
 
 @dataclass
@@ -228,6 +231,32 @@ def train_levers(setup: Setup, store: FeatureStore, lrs: dict[str, float], out: 
     return results
 
 
+def train_budget(setup: Setup, method: str, lr: float, max_steps: int, store: FeatureStore, out: Path) -> dict:
+    """``method`` trained for ``max_steps`` steps (the batches cycling through epochs); a side
+    network's seconds are the whole job's (its validations and, for the top blocks, the backbone's
+    reload included)."""
+    data = replace(setup.data, max_steps=max_steps)
+    if method in PEFT_METHODS:
+        return train_peft(setup, method, lr, store, schedule(store, data), out)
+    start = time.perf_counter()
+    [run] = fit(store, [RunSpec(method, out, side_configs(store)[method], OptimConfig(lr=lr))], data,
+                device=setup.device, progress=True)
+    return {"train_seconds": time.perf_counter() - start, "val_loss": run.val_loss,
+            "trainable": run.model.n_parameters()}
+
+
+def shape(setup: Setup, store: FeatureStore) -> dict:
+    """What the FLOP count needs: the backbone's sizes, the answer tokens' share, every method's
+    trainable weights (the top blocks' take their attention settings from the loaded backbone)."""
+    backbone = load_backbone(setup.model, device=setup.device).model
+    loss_mask = store.tokens(0, store.n_tokens, layers=[]).loss_mask
+    configs = side_configs(store)
+    configs["top"] = replace(configs["top"], **top_settings(backbone))
+    trainable = {m: n_parameters(c) for m, c in configs.items()}
+    trainable |= {m: flops.lora_weights(backbone, setup.lora_rank) for m in PEFT_METHODS}
+    return {"shape": asdict(flops.Shape.of(backbone, loss_mask)), "trainable": trainable}
+
+
 # --- workers: each in a fresh process ----------------------------------------------------------
 
 
@@ -246,6 +275,10 @@ def worker(job: dict) -> dict:
         return train_live_lst(setup, store, schedule(store, setup.data), out)
     if kind == "train" and job["method"] == "levers":
         return train_levers(setup, store, job["lrs"], out)
+    if kind == "budget":
+        return train_budget(setup, job["method"], job["lr"], job["max_steps"], store, out)
+    if kind == "shape":
+        return shape(setup, store)
     if kind == "train":
         return train_from_store(setup, store, job["methods"], out)
     return evaluate_method(setup, job["method"], store, Path(job["checkpoint"]) if job.get("checkpoint") else None,
@@ -338,7 +371,7 @@ def compare(setup: Setup, out: Path, methods: tuple[str, ...]) -> dict:
     results.put(extract_seconds, "extract_seconds")
     store = FeatureStore.open(store_path)
     job = lambda **kw: {"setup": asdict(setup), "store": str(store_path), **kw}
-    results.put(len(schedule(store, setup)), "steps")
+    results.put(len(schedule(store, setup.data)), "steps")
 
     def trained(method: str) -> dict:
         """{lr: {train_seconds, val_loss, trainable}} of every learning rate of ``method``."""
@@ -356,7 +389,8 @@ def compare(setup: Setup, out: Path, methods: tuple[str, ...]) -> dict:
         since (or that was left out) is trained in a further pass, whose time adds to the sweep's."""
         sweep = results.get("side_sweep") or {"sweep_seconds": 0.0, "runs": {}, "configs": {}}
         wanted = {m: asdict(c) for m, c in side_configs(store).items() if m in methods}
-        stale = [m for m in wanted if sweep["configs"].get(m) != wanted[m]]
+        recorded = {m: asdict(SideConfig(**c)) for m, c in sweep["configs"].items()}  # with fields added since
+        stale = [m for m in wanted if recorded.get(m) != wanted[m]]
         if stale:
             name = "+".join(stale)
             new = in_fresh_process(job(kind="train", method="side", methods=stale, out=str(out / "side" / name)),
@@ -399,6 +433,43 @@ def levers(setup: Setup, out: Path) -> dict:
             job(kind="eval", method="ladder", checkpoint=str(out / "levers" / name), out=str(out / "eval" / name)),
             out / "eval" / name), "eval", name)
         results.put({**run, **evaluation}, "levers", name)
+    return results.data
+
+
+def scaling(setup: Setup, out: Path, budgets: list[float]) -> dict:
+    """Every method of SCALING at each compute budget, a multiple of the comparison's QLoRA run in
+    training FLOPs (scripts/flops.py): trained, validated and evaluated, after :func:`compare`
+    (whose learning rates it uses). Budgets run smallest first, so a cut-short run has every method
+    at the small ones."""
+    results = Results(out / "compare.json", setup)
+    store_path = prepare_store(setup, out)[0]
+    store = FeatureStore.open(store_path)
+    lrs = {method: lr or results.get("methods", method, "lr") for method, lr in SCALING.items()}
+    if None in lrs.values():
+        raise SystemExit("--budgets trains at the learning rates a finished comparison chose: run it with "
+                         f"{', '.join(m for m, lr in lrs.items() if lr is None)} first")
+    job = lambda **kw: {"setup": asdict(setup), "store": str(store_path), **kw}
+    counted = results.once(lambda: in_fresh_process(job(kind="shape", out=str(out / "shape")), out / "shape"), "flops")
+    shape = flops.Shape(**counted["shape"])
+    results.put(shape.forward * store.n_tokens, "extract_flops")
+    per_token = {m: flops.per_token(shape, counted["trainable"][m], m in PEFT_METHODS) for m in SCALING}
+    steps = results.get("steps")
+    for budget in budgets:
+        for method in SCALING:
+            n = max(1, round(budget * steps * per_token["qlora"] / per_token[method]))
+            where, key = out / "scaling" / f"{method}-{budget:g}x", (method, f"{budget:g}")
+            data = replace(setup.data, max_steps=n)
+            tokens = sum(int(store.lengths[b].sum()) for b in schedule(store, data))
+            results.put({"steps": n, "epochs": n / steps, "tokens": tokens, "train_flops": per_token[method] * tokens},
+                        "scaling", *key, "budget")
+            if method in PEFT_METHODS and n == steps and lrs[method] == results.get("methods", method, "lr"):
+                results.once(lambda: results.get("runs", method, str(lrs[method])), "scaling", *key, "run")
+                results.once(lambda: results.get("eval", method), "scaling", *key, "eval")  # the comparison's own run
+                continue
+            results.once(lambda: in_fresh_process(job(kind="budget", method=method, lr=lrs[method], max_steps=n,
+                                                      out=str(where)), where), "scaling", *key, "run")
+            results.once(lambda: in_fresh_process(job(kind="eval", method=method, checkpoint=str(where),
+                                                      out=str(where / "eval")), where / "eval"), "scaling", *key, "eval")
     return results.data
 
 
@@ -486,12 +557,132 @@ def report(data: dict, out: Path) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {name} | {r['lr']:g} | {r['accuracy']:.1%} | {r['mean_cot_tokens']:.1f} | {r['trainable'] / 1e6:.2f} M | "
                   f"{r['steps']} | {r['train_seconds']:.0f} s | {r['val_loss']:.4f} |" for name, r in data["levers"].items()]
+    if data.get("scaling"):
+        lines += ["", *scaling_table(data)]
     lines += ["", "| claim | verdict | measured |", "|---|---|---|"]
-    lines += [f"| {c} | {v} | {n} |" for c, v, n in claims(data)]
+    lines += [f"| {c} | {v} | {n} |" for c, v, n in claims(data) + scaling_claims(data)]
     text = "\n".join(lines) + "\n"
     (out / "compare.md").write_text(text)
     plot(data, out / "compare.png")
+    if data.get("scaling"):
+        plot_scaling(data, out / "scaling.png")
     return text
+
+
+def scaling_points(data: dict) -> dict[str, list[dict]]:
+    """{method: [point per finished budget, smallest first]}: each the budget's steps, epochs and
+    FLOPs, its run and evaluation, and its compute with the extraction counted whole
+    (``flops``, ``seconds``) and shared over a sweep of SHARED_OVER networks (``shared_flops``)."""
+    extraction = (data["extract_flops"], data["extract_seconds"])
+    points = {}
+    for method, budgets in data["scaling"].items():
+        share = 0 if method in PEFT_METHODS else 1
+        rows = [{"budget": float(b), **p["budget"], **p["run"], **p["eval"]} for b, p in budgets.items()
+                if "eval" in p]
+        for row in rows:
+            row["flops"] = row["train_flops"] + share * extraction[0]
+            row["shared_flops"] = row["train_flops"] + share * extraction[0] / SHARED_OVER
+            row["seconds"] = row["train_seconds"] + share * extraction[1]
+        points[method] = sorted(rows, key=lambda row: row["budget"])
+    return points
+
+
+def scaling_table(data: dict) -> list[str]:
+    lines = [f"At equal training compute (budgets in multiples of the QLoRA run above, counted in FLOPs as "
+             f"scripts/flops.py says; a side network's compute includes the whole extraction, "
+             f"{data['extract_flops'] / 1e12:.1f} TFLOP / {data['extract_seconds']:.0f} s):", "",
+             "| budget | method | lr | steps | epochs | TFLOP | seconds | validation loss | accuracy | mean CoT |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lrs = {m: lr or data["methods"][m]["lr"] for m, lr in SCALING.items()}
+    points = scaling_points(data)
+    for budget in sorted({p["budget"] for rows in points.values() for p in rows}):
+        for method, rows in points.items():
+            for p in (p for p in rows if p["budget"] == budget):
+                lines.append(f"| {budget:g}x | {method} | {lrs[method]:g} | {p['steps']} | {p['epochs']:.2f} | "
+                             f"{p['flops'] / 1e12:.1f} | {p['seconds']:.0f} | {p['val_loss']:.4f} | "
+                             f"{p['accuracy']:.1%} | {p['mean_cot_tokens']:.1f} |")
+    return lines
+
+
+def slope(points: list[dict]) -> float:
+    """d log(validation loss) / d log(compute): how fast the loss falls as compute doubles."""
+    return float(np.polyfit(np.log([p["flops"] for p in points]), np.log([p["val_loss"] for p in points]), 1)[0])
+
+
+def at_compute(points: list[dict], flops: float, key: str) -> float | None:
+    """``key`` of ``points`` interpolated at ``flops`` (linear in log compute); None outside their range."""
+    x = np.log([p["flops"] for p in points])
+    if not x[0] <= np.log(flops) <= x[-1]:
+        return None
+    return float(np.interp(np.log(flops), x, [p[key] for p in points]))
+
+
+def scaling_claims(data: dict) -> list[tuple[str, str, str]]:
+    """The paper's compute-scaling claim and the targets at equal compute, for the budgets done."""
+    points = scaling_points(data) if data.get("scaling") else {}
+    qlora = points.get("qlora", [])
+    if len(qlora) < 2:
+        return []
+    verdict = lambda ok: "holds" if ok else "does not hold"
+    rows = []
+    for method in (m for m in SIDE_METHODS + ("top",) if len(points.get(m, [])) >= 2):
+        ours, theirs = slope(points[method]), slope(qlora)
+        rows.append((f"{method} matches QLoRA's compute-scaling slope (within 25%)",
+                     verdict(ours <= 0.75 * theirs),
+                     f"d log loss / d log FLOPs: {method} {ours:.2f}, qlora {theirs:.2f}"))
+        gaps = []
+        for p in points[method]:
+            acc = at_compute(qlora, p["flops"], "accuracy")
+            if acc is not None:
+                gaps.append((p["budget"], 100 * (p["accuracy"] - acc)))
+        if gaps:  # judged at the largest budget both reach: where each has learned the most
+            rows.append((f"{method} accuracy within 3 points of QLoRA's at equal compute (extraction counted whole)",
+                         verdict(gaps[-1][1] >= -3), "; ".join(f"{b:g}x: {g:+.1f} points" for b, g in gaps) +
+                         " (QLoRA interpolated in log compute)"))
+    if points.get("ladder") and qlora:
+        lad, top = points["ladder"][-1], qlora[-1]
+        rows.append(("target: Ladder validation loss <= 1.5x QLoRA's at the largest budget",
+                     verdict(lad["val_loss"] <= 1.5 * top["val_loss"]),
+                     f"{lad['val_loss']:.4f} vs {top['val_loss']:.4f} ({lad['val_loss'] / top['val_loss']:.1f}x) "
+                     f"at {lad['budget']:g}x"))
+    return rows
+
+
+def plot_scaling(data: dict, path: Path) -> None:
+    """Validation loss and accuracy against training compute, in FLOPs and in seconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), sharex="col")
+    for i, (method, points) in enumerate(scaling_points(data).items()):
+        color = f"C{i}"
+        for col, x in enumerate(("flops", "seconds")):
+            xs = [p[x] / (1e12 if x == "flops" else 1) for p in points]
+            axes[0, col].plot(xs, [p["val_loss"] for p in points], "o-", color=color, label=method)
+            axes[1, col].plot(xs, [100 * p["accuracy"] for p in points], "o-", color=color, label=method)
+            if x == "flops" and method not in PEFT_METHODS:
+                shared = [p["shared_flops"] / 1e12 for p in points]
+                axes[0, 0].plot(shared, [p["val_loss"] for p in points], ":", color=color,
+                                label=f"{method}, extraction shared over {SHARED_OVER}")
+                axes[1, 0].plot(shared, [100 * p["accuracy"] for p in points], ":", color=color)
+    for ax in axes.flat:
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes[0]:
+        ax.set_yscale("log")
+        ax.set_ylabel("validation loss (nats per answer token)")
+    for ax in axes[1]:
+        ax.set_ylabel("test accuracy (%)")
+    axes[1, 0].set_xlabel("training compute (TFLOP, analytic; extraction counted whole)")
+    axes[1, 1].set_xlabel("training time (s, measured; extraction counted whole)")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"{data['setup']['model']} on {data['setup']['dataset']}: loss and accuracy at equal compute",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot(data: dict, path: Path) -> None:
@@ -522,6 +713,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/compare", help="Directory of the results (a rerun continues).")
     parser.add_argument("--quick", action="store_true", help="Every method on a small budget.")
     parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated subset of " + ", ".join(METHODS))
+    parser.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")],
+                        help="Then train " + ", ".join(SCALING) + " at each compute budget, in multiples of the "
+                             "QLoRA run's training FLOPs (e.g. 0.25,0.5,1,2): docs/compare/scaling.png's curves.")
     parser.add_argument("--levers", action="store_true",
                         help="Then train and evaluate the Ladder with each lever: " + "; ".join(LEVERS))
     for f in Setup.__dataclass_fields__.values():
@@ -549,6 +743,8 @@ def main() -> None:
     data = compare(setup, out, methods)
     if args.levers:
         data = levers(setup, out)
+    if args.budgets:
+        data = scaling(setup, out, args.budgets)
     print(report(data, out))
     print(f"whole comparison: {(time.perf_counter() - start) / 60:.1f} min this run; results in {out}/compare.json, "
           f"compare.md, compare.png")

@@ -15,7 +15,7 @@ HANG = 3600
 TINY = ["--train-examples", "24", "--test-examples", "4", "--max-new-tokens", "8", "--token-budget", "2048"]
 
 
-@pytest.mark.slow  # 17 fresh processes: about 2 minutes
+@pytest.mark.slow  # 26 fresh processes: about 3 minutes
 def test_compare_runs_every_method_on_a_tiny_model(tmp_path, tiny_llama):
     command = [sys.executable, "scripts/compare.py", "--model", str(tiny_llama), "--out", str(tmp_path), *TINY]
     done = helpers.run(command, timeout=HANG, cwd=REPO, capture_output=True, text=True)
@@ -54,6 +54,19 @@ def test_compare_runs_every_method_on_a_tiny_model(tmp_path, tiny_llama):
     assert rerun["levers"]["xLadder, 10x the steps"]["lr"] == methods["xladder"]["lr"]
     report = (tmp_path / "compare.md").read_text()
     assert "Levers on the Ladder" in report and "comparable accuracy (10x the steps)" in report
+    scaled = helpers.run([*command, "--budgets", "0.5,1"], timeout=HANG, cwd=REPO, capture_output=True, text=True)
+    assert scaled.returncode == 0, scaled.stderr[-3000:]
+    scaling = json.loads((tmp_path / "compare.json").read_text())["scaling"]
+    assert list(scaling) == ["qlora", "ladder", "top"] and all(list(b) == ["0.5", "1"] for b in scaling.values())
+    assert scaling["qlora"]["1"]["run"] == data["runs"]["qlora"][str(methods["qlora"]["lr"])]  # its own run, reused
+    for method, budgets in scaling.items():
+        half, whole = budgets["0.5"], budgets["1"]
+        assert half["budget"]["steps"] < whole["budget"]["steps"]
+        assert whole["budget"]["train_flops"] == pytest.approx(scaling["qlora"]["1"]["budget"]["train_flops"], rel=0.2)
+        assert 0 <= half["eval"]["accuracy"] <= 1 and half["run"]["val_loss"] > 0
+    top = json.loads((tmp_path / "scaling" / "top-1x" / "side_config.json").read_text())
+    assert top["step"] == scaling["top"]["1"]["budget"]["steps"] > steps  # cheaper steps: more of them
+    assert (tmp_path / "scaling.png").stat().st_size > 0 and "At equal training compute" in (tmp_path / "compare.md").read_text()
 
 
 def test_claim_a_is_not_judged_where_neither_learns_and_shows_the_loss_gap():
@@ -67,3 +80,22 @@ def test_claim_a_is_not_judged_where_neither_learns_and_shows_the_loss_gap():
     assert verdict.startswith("not judged") and "validation loss 1.300 vs 0.790 (1.6x)" in numbers
     data["methods"]["qlora"] = row(0.655, 0.036)
     assert claims(data)[0][1] == "does not hold"
+
+
+def test_equal_compute_claims_interpolate_qlora_in_log_compute():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare import scaling_claims
+
+    point = lambda flops, loss, accuracy: {"budget": {"steps": 1, "epochs": 1.0, "tokens": 1, "train_flops": flops},
+                                           "run": {"val_loss": loss, "train_seconds": 1.0},
+                                           "eval": {"accuracy": accuracy, "mean_cot_tokens": 1.0}}
+    data = {"extract_flops": 0.0, "extract_seconds": 0.0, "scaling": {
+        "qlora": {"1": point(1e12, 0.08, 0.40), "4": point(4e12, 0.02, 0.80)},
+        "top": {"1": point(1e12, 0.16, 0.30), "2": point(2e12, 0.08, 0.58)},  # a slope of -1, as QLoRA's
+        "ladder": {"1": point(1e12, 0.30, 0.05), "4": point(4e12, 0.20, 0.10)}}}
+    rows = {claim: (verdict, numbers) for claim, verdict, numbers in scaling_claims(data)}
+    assert rows["top matches QLoRA's compute-scaling slope (within 25%)"][0] == "holds"
+    verdict, numbers = rows["top accuracy within 3 points of QLoRA's at equal compute (extraction counted whole)"]
+    assert verdict == "holds" and "1x: -10.0 points; 2x: -2.0 points" in numbers  # QLoRA: 60% at 2e12
+    assert rows["ladder matches QLoRA's compute-scaling slope (within 25%)"][0] == "does not hold"
+    assert rows["target: Ladder validation loss <= 1.5x QLoRA's at the largest budget"][0] == "does not hold"
