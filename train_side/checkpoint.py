@@ -91,10 +91,19 @@ class Checkpoint:
 
 
 def _replace(path: Path, write) -> None:
-    """Writes through a temporary file then renames: a checkpoint is never half-written."""
+    """Writes through a temporary file then renames: a checkpoint is never half-written. Every file
+    gets the mode the process umask gives (safetensors writes its file 0600, which would keep a run
+    on a shared disk from the team)."""
     temporary = path.with_name(f".{path.name}.tmp")
     write(temporary)
+    os.chmod(temporary, 0o666 & ~_umask())
     os.replace(temporary, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: set it straight back
+    os.umask(mask)
+    return mask
 
 
 def save(out: Path, model: SideNetwork, config: Checkpoint) -> None:

@@ -102,3 +102,18 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_or_resumes(store,
     again = helpers.run(command, timeout=300, capture_output=True, text=True)
     assert again.returncode != 0 and "already holds a training run" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_every_file_of_a_run_takes_the_process_umask(store, tmp_path):
+    """A teammate reads a run on a shared disk: no file is written 0600 (safetensors' own mode)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(train_side, ["train", store, "--out", str(tmp_path / "run"), "--epochs", "1",
+                                                 *SMALL])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir() if p.is_file()}
+    assert modes["side.safetensors"] == modes["side_config.json"] == modes["resume.pt"] == 0o644, modes
