@@ -231,6 +231,8 @@ def generate_cmd(run, prompts, prompt_file, chat, raw, backbone_only, device, **
             raise click.UsageError('give prompts as arguments, --file FILE, lines on standard input, or --chat: '
                                    'train_side generate RUN "What is 12 * 7?"')
         prompt_file = sys.stdin
+    if any(not p.strip() for p in prompts):
+        raise click.UsageError('a prompt is empty: give the question\'s text, e.g. train_side generate RUN "What is 12 * 7?"')
     quiet_libraries()
     try:
         from transformers import TextStreamer

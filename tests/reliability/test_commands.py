@@ -117,3 +117,9 @@ def test_every_file_of_a_run_takes_the_process_umask(store, tmp_path):
     assert result.exit_code == 0, result.output
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir() if p.is_file()}
     assert modes["side.safetensors"] == modes["side_config.json"] == modes["resume.pt"] == 0o644, modes
+
+
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_an_empty_prompt_is_refused_before_the_backbone_loads(tmp_path, prompt):
+    result = CliRunner().invoke(train_side, ["generate", str(tmp_path / "no-run-needed"), prompt])
+    one_line_error(result, "a prompt is empty")

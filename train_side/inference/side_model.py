@@ -148,6 +148,8 @@ class SideModel:
         ids = ids[None] if ids.dim() == 1 else ids
         mask = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask).to(ids.device)
         prompts = [row[keep.bool()].tolist() for row, keep in zip(ids.cpu(), mask.cpu())]
+        if not prompts:
+            raise GenerationArgumentError("input_ids holds no prompt (an empty batch): give at least one row")
         if not all(prompts):
             raise GenerationArgumentError("a row of input_ids has no real token (its attention_mask is all 0)")
         max_new = options["max_new_tokens"]

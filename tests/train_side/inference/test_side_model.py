@@ -139,6 +139,11 @@ def test_unsupported_arguments_are_refused_by_name(model, prompts):
         model.generate(ids, do_sample=True, temperature=0)
 
 
+def test_an_empty_batch_is_refused(model):
+    with pytest.raises(GenerationArgumentError, match="empty batch"):
+        model.generate(torch.zeros(0, 4, dtype=torch.long))
+
+
 def test_template_and_tokenizer(model, prompts):
     question = load_examples("arith", "test", limit=1)[0][0].question
     assert model.format(question) == f"Question: {question}\nAnswer:"
