@@ -23,3 +23,7 @@ class PlanError(UserError, ValueError):
 
 class DistributedError(UserError, RuntimeError):
     """Another rank failed, so this one stops too; the message names the rank and its error."""
+
+
+class RootError(UserError, OSError):
+    """An extraction root that is not a directory this process can write."""

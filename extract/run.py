@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -19,7 +20,7 @@ from featurestore.layout import plan_batches
 from .backbones import Backbone, resolve_backbone
 from .config import ExtractConfig
 from .distributed import Ranks
-from .errors import DistributedError
+from .errors import DistributedError, RootError
 from .estimate import Estimate, estimate
 from .loop import checked_head, extract_batches
 from .plan import Layout, parse_layers, tokenize
@@ -47,6 +48,22 @@ class Extraction:
         return self.computed_tokens / self.seconds if self.seconds else 0.0
 
 
+def usable_root(root: Path, create: bool) -> Path:
+    """``root`` checked (a directory this process can write, or none yet) and, unless ``create`` is
+    false (a dry run), created: a one-line error before anything loads, never a traceback after."""
+    if root.exists() and not root.is_dir():
+        raise RootError(f"--root {root} is a file, not a directory: give a directory for the stores")
+    if create:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RootError(f"cannot create --root {root}: {e.strerror or e}; choose a directory you can write") \
+                from None
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise RootError(f"--root {root} is not writable: choose a directory you can write")
+    return root
+
+
 def extract(config: ExtractConfig | str | None = None, *, progress: bool = True, **settings) -> Extraction:
     """Runs a backbone once over a dataset and writes its hidden states to a store under the
     config's ``root``. ``config`` is an :class:`ExtractConfig`, or a model name; ``settings`` are
@@ -63,6 +80,7 @@ def extract(config: ExtractConfig | str | None = None, *, progress: bool = True,
     else:
         config = ExtractConfig(**({"model": config} if config else {}), **settings)
     ranks = Ranks.from_env()
+    root = usable_root(Path(config.root), create=not config.dry_run)
     examples, dataset_info = load_examples(config.dataset, config.split, question_field=config.question_field,
                                            answer_field=config.answer_field, config=config.dataset_config,
                                            seed=config.seed, limit=config.limit)
@@ -71,7 +89,6 @@ def extract(config: ExtractConfig | str | None = None, *, progress: bool = True,
     layout = tokenize(examples, source.tokenizer, config.template, config.max_length, config.skip_long)
     spec = store_spec(source, dataset_info, config)
     fingerprint = spec.fingerprint(layout.tokens)
-    root = Path(config.root)
     new_store = root / (config.name or store_name(config.model, dataset_info, fingerprint))
     projected = estimate(layout.tokens.n_tokens // ranks.world_size, source.info, spec.layers, spec.codec.name,
                          str(source.device), config.encode)
@@ -82,7 +99,6 @@ def extract(config: ExtractConfig | str | None = None, *, progress: bool = True,
         complete = bool(found and found[1].get("complete"))
         return Extraction(store=found[0] if found else new_store, **result, cached=complete, computed_tokens=0,
                           seconds=0.0, dry_run=True)
-    root.mkdir(parents=True, exist_ok=True)
     with ranks.joined(source.device), ExitStack() as held:
         # rank 0 picks the store for every rank, holding the fingerprint's lock till the end
         path, complete = ranks.from_leader(lambda: held.enter_context(claim(root, fingerprint, new_store)))

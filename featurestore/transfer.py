@@ -36,10 +36,20 @@ class Copied:
     complete: bool  # the destination is a complete store
 
 
+def _refuse_nesting(source, dest) -> None:
+    """A copy into a folder inside its own source would copy itself (and the reverse would write
+    over the store it reads): both refused before anything is written."""
+    src, dst = (path.resolve() if (path := local_path(x)) else None for x in (source, dest))
+    if src and dst and src != dst and (src in dst.parents or dst in src.parents):
+        inner, outer = (dest, source) if src in dst.parents else (source, dest)
+        raise TransferError(f"{inner} is inside {outer}: copy the store to a place outside it")
+
+
 def copy_store(source, dest, *, allow_incomplete: bool = False,
                progress: Callable[[int, int], None] | None = None) -> Copied:
     """Copies the store at ``source`` to ``dest`` (paths or fsspec URLs). ``progress(bytes, total)``
     is called as objects are done. Raises TransferError naming the first bad object, if any."""
+    _refuse_nesting(source, dest)
     src = open_store(source, cache_dir="off")
     try:
         dst = open_store(dest, writable=True)

@@ -121,3 +121,14 @@ def test_incomplete_sources_and_foreign_destinations_are_refused(source, tmp_pat
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("x")
     assert "is not a feature store" in run("push", source / "a.zarr", tmp_path / "junk").output
+
+
+def test_a_copy_into_its_own_source_or_over_it_is_refused(source, tmp_path):
+    store = tmp_path / "s.zarr"
+    shutil.copytree(source / "a.zarr", store)
+    before = sorted(files(store))
+    inside = run("push", store, store / "sub.zarr")
+    assert inside.exit_code == 1 and "is inside" in inside.output and "outside it" in inside.output
+    assert not (store / "sub.zarr").exists() and sorted(files(store)) == before
+    around = run("push", store, f"file://{tmp_path}")  # a destination holding the source
+    assert around.exit_code == 1 and f"{store} is inside" in around.output

@@ -123,3 +123,20 @@ def test_every_file_of_a_run_takes_the_process_umask(store, tmp_path):
 def test_an_empty_prompt_is_refused_before_the_backbone_loads(tmp_path, prompt):
     result = CliRunner().invoke(train_side, ["generate", str(tmp_path / "no-run-needed"), prompt])
     one_line_error(result, "a prompt is empty")
+
+
+def test_an_extraction_root_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from extract.cli import main as extract
+
+    (tmp_path / "a-file").write_text("")
+    one_line_error(CliRunner().invoke(extract, ["--root", str(tmp_path / "a-file")]), "is a file, not a directory")
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    one_line_error(CliRunner().invoke(extract, ["--root", str(tmp_path / "new" / "stores")]),
+                   "cannot create --root", "Read-only file system")
