@@ -439,8 +439,10 @@ def levers(setup: Setup, out: Path) -> dict:
 def scaling(setup: Setup, out: Path, budgets: list[float]) -> dict:
     """Every method of SCALING at each compute budget, a multiple of the comparison's QLoRA run in
     training FLOPs (scripts/flops.py): trained, validated and evaluated, after :func:`compare`
-    (whose learning rates it uses). Budgets run smallest first, so a cut-short run has every method
-    at the small ones."""
+    (whose learning rates it uses). Budgets run smallest first and, within one, the side networks
+    first (theirs are the quicker runs), so a cut-short run has every method at the small budgets.
+    QLoRA's 1x is the comparison's own run, reused: its seconds may come from another machine, so
+    they are left out of the seconds axis."""
     results = Results(out / "compare.json", setup)
     store_path = prepare_store(setup, out)[0]
     store = FeatureStore.open(store_path)
@@ -455,7 +457,7 @@ def scaling(setup: Setup, out: Path, budgets: list[float]) -> dict:
     per_token = {m: flops.per_token(shape, counted["trainable"][m], m in PEFT_METHODS) for m in SCALING}
     steps = results.get("steps")
     for budget in budgets:
-        for method in SCALING:
+        for method in sorted(SCALING, key=lambda m: m in PEFT_METHODS):  # the side networks' steps are quicker
             n = max(1, round(budget * steps * per_token["qlora"] / per_token[method]))
             where, key = out / "scaling" / f"{method}-{budget:g}x", (method, f"{budget:g}")
             data = replace(setup.data, max_steps=n)
@@ -463,7 +465,7 @@ def scaling(setup: Setup, out: Path, budgets: list[float]) -> dict:
             results.put({"steps": n, "epochs": n / steps, "tokens": tokens, "train_flops": per_token[method] * tokens},
                         "scaling", *key, "budget")
             if method in PEFT_METHODS and n == steps and lrs[method] == results.get("methods", method, "lr"):
-                results.once(lambda: results.get("runs", method, str(lrs[method])), "scaling", *key, "run")
+                results.put({**results.get("runs", method, str(lrs[method])), "reused": True}, "scaling", *key, "run")
                 results.once(lambda: results.get("eval", method), "scaling", *key, "eval")  # the comparison's own run
                 continue
             results.once(lambda: in_fresh_process(job(kind="budget", method=method, lr=lrs[method], max_steps=n,
@@ -582,7 +584,7 @@ def scaling_points(data: dict) -> dict[str, list[dict]]:
         for row in rows:
             row["flops"] = row["train_flops"] + share * extraction[0]
             row["shared_flops"] = row["train_flops"] + share * extraction[0] / SHARED_OVER
-            row["seconds"] = row["train_seconds"] + share * extraction[1]
+            row["seconds"] = None if row.get("reused") else row["train_seconds"] + share * extraction[1]
         points[method] = sorted(rows, key=lambda row: row["budget"])
     return points
 
@@ -599,9 +601,13 @@ def scaling_table(data: dict) -> list[str]:
         for method, rows in points.items():
             for p in (p for p in rows if p["budget"] == budget):
                 lines.append(f"| {budget:g}x | {method} | {lrs[method]:g} | {p['steps']} | {p['epochs']:.2f} | "
-                             f"{p['flops'] / 1e12:.1f} | {p['seconds']:.0f} | {p['val_loss']:.4f} | "
+                             f"{p['flops'] / 1e12:.1f} | {seconds(p)} | {p['val_loss']:.4f} | "
                              f"{p['accuracy']:.1%} | {p['mean_cot_tokens']:.1f} |")
     return lines
+
+
+def seconds(point: dict) -> str:
+    return "- (reused run)" if point["seconds"] is None else f"{point['seconds']:.0f}"
 
 
 def slope(points: list[dict]) -> float:
@@ -659,9 +665,10 @@ def plot_scaling(data: dict, path: Path) -> None:
     for i, (method, points) in enumerate(scaling_points(data).items()):
         color = f"C{i}"
         for col, x in enumerate(("flops", "seconds")):
-            xs = [p[x] / (1e12 if x == "flops" else 1) for p in points]
-            axes[0, col].plot(xs, [p["val_loss"] for p in points], "o-", color=color, label=method)
-            axes[1, col].plot(xs, [100 * p["accuracy"] for p in points], "o-", color=color, label=method)
+            timed = [p for p in points if p[x] is not None]
+            xs = [p[x] / (1e12 if x == "flops" else 1) for p in timed]
+            axes[0, col].plot(xs, [p["val_loss"] for p in timed], "o-", color=color, label=method)
+            axes[1, col].plot(xs, [100 * p["accuracy"] for p in timed], "o-", color=color, label=method)
             if x == "flops" and method not in PEFT_METHODS:
                 shared = [p["shared_flops"] / 1e12 for p in points]
                 axes[0, 0].plot(shared, [p["val_loss"] for p in points], ":", color=color,
