@@ -34,6 +34,8 @@ SMALL = ["--reduction", "4", "--every", "2", "--token-budget", "128"]
     (["train", "{store}", "--out", "{out}", "--epochs", "0"], "--epochs"),
     (["train", "{store}", "--out", "{out}", "--token-budget", "0"], "--token-budget"),
     (["train", "{store}", "--out", "{out}", "--val-fraction", "1.5"], "--val-fraction"),
+    (["train", "{store}", "--out", "{out}", "--reduction", "-2"], "--reduction"),
+    (["sweep", "{store}", "--out", "{out}", "--grid", "reduction=-2"], "--grid reduction"),
     (["sweep", "{store}", "--out", "{out}", "--grid", "lr=abc"], "lr"),
     (["sweep", "{store}", "--out", "{out}", "--grid", "heads=two"], "heads"),
 ])

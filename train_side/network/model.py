@@ -62,7 +62,7 @@ class SideConfig:
     delta: int = field(default=2, metadata={
         "help": "xLadder: top blocks tapped (the side network has 2 * delta blocks); top: blocks copied."})
     reduction: int = field(default=8, metadata={
-        "help": "r: the side width is the backbone width / r, the side MLP width the backbone's / r."})
+        "help": "r: the side width is the backbone width / r, the side MLP width the backbone's / r.", "min": 1})
     side_width: int | None = field(default=None, metadata={
         "help": "Explicit side width, overriding reduction (the MLP width keeps the backbone's ratio)."})
     n_heads: int | None = field(default=None, metadata={
@@ -84,7 +84,10 @@ class SideConfig:
         if self.n_layers < 1:
             raise SideConfigError(f"n_layers must be at least 1, not {self.n_layers}")
         self._check_taps()
-        if self.side_width is None and (self.reduction < 1 or self.hidden_size % self.reduction):
+        if self.side_width is None and self.reduction < 1:
+            raise SideConfigError(f"reduction must be a positive divisor of hidden_size {self.hidden_size}, not "
+                                  f"{self.reduction}")
+        if self.side_width is None and self.hidden_size % self.reduction:
             raise SideConfigError(f"hidden_size {self.hidden_size} is not divisible by reduction {self.reduction}")
         if self.width < 1 or self.mlp_width < 1:
             raise SideConfigError(f"side width {self.width} and MLP width {self.mlp_width} must be positive")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from train_side.network.loss import next_token_loss
-from train_side.network.model import FrozenHead, KVCache, NormLinear, RMSNorm, SideConfig, SideNetwork
+from train_side.network.model import FrozenHead, KVCache, NormLinear, RMSNorm, SideConfig, SideConfigError, SideNetwork
 
 L, D, FF, V = 4, 32, 64, 50  # backbone blocks, width, MLP width, vocabulary
 
@@ -262,3 +262,8 @@ def test_frozen_head_applies_bias_and_softcap_and_holds_nothing_trainable_or_sav
     assert capped(100 * y).abs().max() <= 5.0
     assert list(plain.parameters()) == [] and plain.state_dict() == {}
     assert plain.norm_weight.shape == (D,) and head().bias is None
+
+
+def test_a_negative_reduction_is_named_as_such():
+    with pytest.raises(SideConfigError, match="reduction must be a positive divisor of hidden_size 64, not -2"):
+        SideConfig(n_layers=4, hidden_size=64, intermediate_size=128, reduction=-2)
