@@ -16,7 +16,7 @@ from .storage import local_path
 from .hub import is_hf_url, push_store
 from .transfer import copy_store
 from .verify import verify
-from .errors import StoreError
+from .errors import CorruptStoreError, StoreError
 
 
 class OneLineUserErrors:
@@ -194,7 +194,11 @@ def verify_cmd(store: str) -> None:
     """Re-check every object of STORE against the checksums recorded when it was written.
 
     Exits non-zero, naming each bad shard and object, if anything is missing or corrupt."""
-    fs = _open(store)
+    try:
+        fs = _open(store)
+    except CorruptStoreError as e:  # refused on open: its root or a document does not match its digest
+        click.echo(f"BAD  {getattr(e, 'problem', e)}", err=True)
+        raise click.ClickException(f"1 problem in {store}: the store is damaged; extract or pull it again") from None
     with tqdm(unit="obj", desc="verify", leave=False) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total

@@ -34,8 +34,10 @@ FRAME_CHECKSUM_FLAG = 0x04  # Content_Checksum_flag of the frame header descript
 
 
 def corrupt(location, key: str, why: str) -> CorruptStoreError:
-    return CorruptStoreError(f"{key} of {location} is {why}; the store is damaged: run `featurestore verify "
-                             f"{location}`, then extract or pull it again")
+    error = CorruptStoreError(f"{key} of {location} is {why}; the store is damaged: run `featurestore verify "
+                              f"{location}`, then extract or pull it again")
+    error.problem = f"{key}: {why}"  # what `verify` itself reports (it must not tell you to run verify)
+    return error
 
 
 def is_chunk(key: str) -> bool:

@@ -113,3 +113,14 @@ def test_older_stores_without_frame_checksums_are_checked_by_their_manifests(tmp
         with pytest.raises(CorruptStoreError, match="sha256"):
             read_everything(copy)
     assert same(read_everything(path), good)
+
+
+def test_verify_names_a_root_that_fails_its_digest_without_telling_you_to_run_verify(store):
+    from click.testing import CliRunner
+
+    from featurestore.cli import main
+
+    edit_json(store / "zarr.json", lambda n: n["attributes"].update(n_tokens=n["attributes"]["n_tokens"] + 100))
+    result = CliRunner().invoke(main, ["verify", str(store)])
+    assert result.exit_code == 1 and "BAD  zarr.json: changed since the store was completed" in result.output
+    assert "run `featurestore verify" not in result.output and "extract or pull it again" in result.output
