@@ -142,3 +142,17 @@ def test_an_extraction_root_that_is_a_file_or_cannot_be_made_is_one_line(tmp_pat
     monkeypatch.setattr(Path, "mkdir", read_only)
     one_line_error(CliRunner().invoke(extract, ["--root", str(tmp_path / "new" / "stores")]),
                    "cannot create --root", "Read-only file system")
+
+
+def test_resume_with_other_settings_names_each_one_and_changes_nothing(store, tmp_path):
+    run = str(tmp_path / "run")
+    first = CliRunner().invoke(train_side, ["train", store, "--out", run, "--epochs", "1", *SMALL])
+    assert first.exit_code == 0, first.output
+    before = (tmp_path / "run" / "side_config.json").read_text()
+    for changed, phrase in ((["--lr", "0.01"], "--lr 0.003 -> 0.01"), (["--reduction", "8"], "--reduction 4 -> 8")):
+        args = ["train", store, "--out", run, "--epochs", "1", *SMALL, "--resume", *changed]
+        one_line_error(CliRunner().invoke(train_side, args), "other settings", phrase, "new --out")
+    assert (tmp_path / "run" / "side_config.json").read_text() == before  # the run's record tells no lie
+    same = CliRunner().invoke(train_side, ["train", store, "--out", run, "--epochs", "1", *SMALL, "--resume",
+                                           "--eval-every", "3"])  # when to validate may change
+    assert same.exit_code == 0, same.output

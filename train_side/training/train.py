@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -41,6 +41,25 @@ class TrainError(UserError, ValueError):
 
 class RunDirectoryError(UserError, FileExistsError):
     """An output directory that already holds a training run, when a fresh one was asked for."""
+
+
+class ResumeError(UserError, ValueError):
+    """A resume asked with settings (or a store) other than those the run was trained with."""
+
+
+# when to validate and save: the weights a run ends with do not depend on these, so a resume may change them
+RESUMABLE_CHANGES = {"eval_every", "save_every"}
+
+
+def changed_settings(saved: Checkpoint, side: SideConfig, optim: OptimConfig, data: DataConfig) -> list[str]:
+    """Each setting whose value differs from the checkpoint's, as ``--flag saved -> asked``."""
+    changes = []
+    for old, new in ((saved.side, side), (saved.optim, optim), (saved.data, data)):
+        for f in fields(new):
+            before, after = getattr(old, f.name), getattr(new, f.name)
+            if before != after and f.name not in RESUMABLE_CHANGES:
+                changes.append(f"--{f.metadata.get('flag', f.name.replace('_', '-'))} {before} -> {after}")
+    return changes
 
 
 def lr_factor(step: int, total_steps: int, optim: OptimConfig) -> float:
@@ -150,9 +169,16 @@ class Run:
         killed before its first checkpoint starts over."""
         if not rundir.has_checkpoint(self.out):
             return self.start_fresh()
+        saved = Checkpoint.load(self.out)
+        if saved.store.fingerprint != self.trained_from.fingerprint:
+            raise ResumeError(f"{self.out} was trained from another store (fingerprint {saved.store.fingerprint}); "
+                              "resume it from that store, or train into a new --out")
+        if changes := changed_settings(saved, self.side, self.optim, self.data):
+            raise ResumeError(f"{self.out} was trained with other settings ({'; '.join(changes)}): resume with the "
+                              "run's own settings (its side_config.json), or train into a new --out")
         self.model.load_state_dict(checkpoint.load_weights(self.out, self.device))
         self.step = checkpoint.load_resume_state(self.out, self.optimizer, self.scheduler, self.device)
-        self.val_loss = Checkpoint.load(self.out).val_loss
+        self.val_loss = saved.val_loss
         kept = [line for line in (self.out / "metrics.jsonl").read_text().splitlines()
                 if json.loads(line)["step"] <= self.step]  # drop what was logged after the checkpoint
         (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
