@@ -156,3 +156,25 @@ def test_resume_with_other_settings_names_each_one_and_changes_nothing(store, tm
     same = CliRunner().invoke(train_side, ["train", store, "--out", run, "--epochs", "1", *SMALL, "--resume",
                                            "--eval-every", "3"])  # when to validate may change
     assert same.exit_code == 0, same.output
+
+
+def test_ctrl_c_saves_every_run_at_its_last_finished_step_and_says_how_to_resume(store, tmp_path):
+    import json
+    import signal
+    import subprocess
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-c", "from train_side.cli import main; main()", "train", store, "--out", str(out),
+               "--epochs", "10", *SMALL]
+    child = helpers.start(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    helpers.wait_until(lambda: (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 200,
+                       120, "a few logged steps")
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=300)
+    assert child.returncode == 1 and "Traceback" not in stderr, stderr[-2000:]
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: interrupted: 1 run(s) saved at step ") and "--resume" in line, line
+    step = int(line.split("saved at step ")[1].split()[0])
+    assert json.loads((out / "side_config.json").read_text())["step"] == step > 0
+    resumed = helpers.run([*command, "--resume"], timeout=600, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]

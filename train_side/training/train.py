@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -41,6 +44,10 @@ class TrainError(UserError, ValueError):
 
 class RunDirectoryError(UserError, FileExistsError):
     """An output directory that already holds a training run, when a fresh one was asked for."""
+
+
+class TrainingInterrupted(UserError, KeyboardInterrupt):
+    """Ctrl-C during training: every run was saved at the step it had finished."""
 
 
 class ResumeError(UserError, ValueError):
@@ -224,6 +231,27 @@ def top_blocks(store: FeatureStore, specs: list[RunSpec]) -> tuple[list[RunSpec]
     return specs, lambda model: copy_top_blocks(model, backbone) if model.config.kind == "top" else None
 
 
+@contextmanager
+def interrupt_after_step() -> Iterator[threading.Event]:
+    """Ctrl-C sets the event the training loop checks after each step, so that every run stops at
+    the same finished step and is saved there; a second Ctrl-C stops at once, as usual."""
+    asked = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may take signals
+        yield asked
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def ask(signum, frame):
+        asked.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, ask)
+    try:
+        yield asked
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: str = "auto", resume: bool = False,
          progress: bool = True, init: Callable[[SideNetwork], object] | None = None) -> list[Run]:
     """Trains every run over one pass of the data per epoch: each batch is read and decoded once
@@ -256,7 +284,7 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
     if any(run.step != start_step for run in runs):
         raise TrainError("the runs of this job stopped at different steps; resume them separately")
     with tqdm(total=total_steps, initial=start_step, unit="step", desc="train", disable=not progress,
-              file=sys.stderr) as bar:
+              file=sys.stderr) as bar, interrupt_after_step() as interrupted:
         for epoch, order in epochs_from(per_epoch, data, start_step):
             batches = [train_batches[i] for i in order]
             tick = time.perf_counter()
@@ -274,9 +302,12 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
                 if validation and (end_of_epoch or data.eval_every and step % data.eval_every == 0):
                     for run in runs:
                         run.log({"epoch": epoch, "val_loss": run.validate(validation)})
-                if end_of_epoch or data.save_every and step % data.save_every == 0:
+                if end_of_epoch or data.save_every and step % data.save_every == 0 or interrupted.is_set():
                     for run in runs:
                         run.save()
+                if interrupted.is_set():
+                    raise TrainingInterrupted(f"interrupted: {len(runs)} run(s) saved at step {step} of {total_steps}; "
+                                              "run the same command with --resume to continue")
     for run in runs:
         loss_curve(run.out)
     return runs
