@@ -20,7 +20,7 @@ from featurestore.layout import plan_batches
 from .backbones import Backbone, resolve_backbone
 from .config import ExtractConfig
 from .distributed import Ranks
-from .errors import DistributedError, RootError
+from .errors import DistributedError, PlanError, RootError
 from .estimate import Estimate, estimate
 from .loop import checked_head, extract_batches
 from .plan import Layout, parse_layers, tokenize
@@ -86,6 +86,10 @@ def extract(config: ExtractConfig | str | None = None, *, progress: bool = True,
                                            seed=config.seed, limit=config.limit)
     source = resolve_backbone(config.model, quantization=config.quantization, dtype=config.dtype,
                               device=ranks.device(config.device))
+    context = source.info.get("max_position_embeddings")
+    if context and config.max_length > context:  # positions beyond it would be states the backbone never learned
+        raise PlanError(f"--max-length {config.max_length} is beyond the backbone's context of {context} tokens; "
+                        f"give at most {context}")
     layout = tokenize(examples, source.tokenizer, config.template, config.max_length, config.skip_long)
     spec = store_spec(source, dataset_info, config)
     fingerprint = spec.fingerprint(layout.tokens)

@@ -178,3 +178,13 @@ def test_ctrl_c_saves_every_run_at_its_last_finished_step_and_says_how_to_resume
     assert json.loads((out / "side_config.json").read_text())["step"] == step > 0
     resumed = helpers.run([*command, "--resume"], timeout=600, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_a_max_length_beyond_the_backbones_context_is_refused_before_weights_load(tiny_llama, tmp_path):
+    from extract.cli import main as extract
+
+    args = ["--model", str(tiny_llama), "--dataset", "arith", "--limit", "4", "--root", str(tmp_path)]
+    for more in ([], ["--dry-run"]):
+        one_line_error(CliRunner().invoke(extract, [*args, "--max-length", "100000", *more]),
+                       "--max-length 100000 is beyond the backbone's context of 512 tokens")
+    assert not list(tmp_path.iterdir())  # nothing written
