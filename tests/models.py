@@ -6,6 +6,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    Cohere2Config,
     CohereConfig,
     FalconH1Config,
     Gemma2Config,
@@ -14,6 +15,7 @@ from transformers import (
     GPTJConfig,
     GPTNeoXConfig,
     GraniteConfig,
+    GraniteMoeConfig,
     LlamaConfig,
     MistralConfig,
     OlmoConfig,
@@ -28,7 +30,7 @@ V, D, FF, L, HEADS, KV_HEADS = 300, 64, 128, 3, 4, 2  # vocabulary, width, MLP w
 ARCHITECTURES = ("llama", "gemma3", "phi")  # the families most tests use
 # every family of extract.backbones.families, with what makes its tiny model a test of that family's quirks
 FAMILIES = (*ARCHITECTURES, "mistral", "qwen2", "qwen3", "gemma2", "gpt2", "gptj", "opt", "opt_project", "gpt_neox",
-            "olmo", "cohere", "granite", "falcon_h1")
+            "olmo", "cohere", "granite", "falcon_h1", "granitemoe", "cohere2")
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -72,6 +74,11 @@ def tiny_config(architecture: str):
         "cohere": lambda: CohereConfig(**common, **eos, logit_scale=0.25),  # LayerNorm without bias; logits x logit_scale
         "granite": lambda: GraniteConfig(**common, logits_scaling=4.0, embedding_multiplier=2.0,
                                          residual_multiplier=0.5, attention_multiplier=0.25),  # logits / scaling
+        "granitemoe": lambda: GraniteMoeConfig(**common, logits_scaling=4.0, embedding_multiplier=2.0,
+                                               residual_multiplier=0.5, attention_multiplier=0.25, num_local_experts=4,
+                                               num_experts_per_tok=2),  # Granite's head over mixture-of-experts blocks
+        "cohere2": lambda: Cohere2Config(**common, **eos, logit_scale=0.25, sliding_window=4,
+                                         layer_types=sliding),  # Cohere's head; sliding and full attention
         # a hybrid attention + Mamba-2 model; logits x lm_head_multiplier
         "falcon_h1": lambda: FalconH1Config(**common, lm_head_multiplier=4.0, embedding_multiplier=2.0,
                                             mamba_d_ssm=64, mamba_n_heads=8, mamba_d_state=16, mamba_d_conv=4,

@@ -72,6 +72,8 @@ FAMILIES = {
     "olmo": Family("OLMo"),  # a LayerNorm without weight or bias
     "cohere": Family("Cohere", logit_scale=lambda c: c.logit_scale),
     "granite": Family("Granite", logit_scale=lambda c: 1.0 / c.logits_scaling),
+    "granitemoe": Family("GraniteMoE", logit_scale=lambda c: 1.0 / c.logits_scaling),  # Granite's head, MoE blocks
+    "cohere2": Family("Cohere 2", logit_scale=lambda c: c.logit_scale),  # Cohere's head, sliding-window blocks
     "falcon_h1": Family("Falcon-H1", final_norm="final_layernorm", logit_scale=lambda c: c.lm_head_multiplier),
 }
 
@@ -83,6 +85,13 @@ REFUSED = {
     "rwkv": "it ignores the attention mask and keeps its state outside the KV cache, so batched cached generation "
             "cannot run it",
     "recurrent_gemma": "its recurrent state is not a KV cache that generation can step",
+    "mamba": "its state-space blocks keep their state outside the KV cache, so cached generation cannot step it",
+    "falcon_mamba": "its state-space blocks keep their state outside the KV cache, so cached generation cannot step "
+                    "it",
+    "mamba2": "its state-space blocks keep their state outside the KV cache, so cached generation cannot step it, "
+              "and it has no MLP to size a side network from",
+    "dory": "it runs its middle blocks in loops (recurrent depth), so its hidden states are not one per block, and "
+            "it L2-normalises its final state, which the stored head cannot reproduce",
 }
 
 

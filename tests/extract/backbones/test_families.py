@@ -31,6 +31,8 @@ HEAD = {  # what each family's head holds beyond lm_head.weight, and its logit s
     "olmo": (set(), 1.0),  # a norm without weight or bias
     "cohere": ({"norm.weight"}, 0.25),
     "granite": ({"norm.weight"}, 0.25),
+    "granitemoe": ({"norm.weight"}, 0.25),
+    "cohere2": ({"norm.weight"}, 0.25),
     "falcon_h1": ({"norm.weight"}, 4.0),
 }
 
@@ -124,6 +126,12 @@ def test_compare_head_measures_the_codec_and_the_head(tiny_models):
      "recurrent state is not a KV cache"),
     ({"model_type": "gemma3n_text", "vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 2},
      "AltUp stacks"),
+    ({"model_type": "mamba", "vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 2}, "outside the KV cache"),
+    ({"model_type": "falcon_mamba", "vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 2},
+     "outside the KV cache"),
+    ({"model_type": "mamba2", "vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 2, "num_heads": 4,
+      "head_dim": 16}, "no MLP"),
+    ({"model_type": "dory", "vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 2}, "recurrent depth"),
 ])
 def test_families_that_cannot_work_are_refused_by_name_before_any_weights_load(tmp_path, monkeypatch, config, reason):
     AutoConfig.for_model(**config).save_pretrained(tmp_path)
