@@ -47,7 +47,7 @@ from train_side.inference.evaluate import answer, score
 from train_side.inference.generate import Pipeline
 from train_side.network.model import FrozenHead, SideConfig, SideNetwork
 from train_side.network.prune import init_from_backbone, pruned_settings, top_settings
-from train_side.training.train import Run, RunSpec, backbone_dims, fit
+from train_side.training.train import Run, RunSpec, backbone_dims, fit, top_blocks
 
 import benchlib
 import flops
@@ -85,6 +85,8 @@ LEVERS = {  # known ways to close a gap to QLoRA: each changes one thing of the 
 TOP_DELTA = 8  # the top side network: the backbone's own top 8 blocks, read from h_{L-8} (docs/compare/diagnosis.md)
 SCALING = {"qlora": None, "ladder": None, "top": 5e-4}  # --budgets: each method's lr (None: the comparison's choice)
 SHARED_OVER = 10  # the extraction shared over a sweep of this many side networks, in the scaling plot
+TIMED_STEPS = 8  # --budgets' seconds axis: each method timed over this many steps (after one untimed), one by one
+TIMED_EXAMPLES = 200  # and the extraction over this many training examples
 
 
 @dataclass
@@ -245,6 +247,31 @@ def train_budget(setup: Setup, method: str, lr: float, max_steps: int, store: Fe
             "trainable": run.model.n_parameters()}
 
 
+def time_method(setup: Setup, method: str, lr: float, store: FeatureStore, out: Path) -> dict:
+    """Seconds per training token of ``method`` on this machine: TIMED_STEPS steps of the schedule,
+    after one untimed step, loading and validation left out (as from the store, reading included)."""
+    steps = schedule(store, replace(setup.data, max_steps=TIMED_STEPS + 1))
+    tokens = sum(int(store.lengths[b].sum()) for b in steps[1:])
+    if method in PEFT_METHODS:
+        model, _ = lora_model(setup.model, qlora=method == "qlora", rank=setup.lora_rank, device=setup.device)
+        train_lora(model, store, steps[:1], lr)
+        return {"seconds_per_token": train_lora(model, store, steps[1:], lr) / tokens}
+    specs, _ = top_blocks(store, [RunSpec.at(out, side_configs(store)[method], OptimConfig(lr=lr))])
+    run = Run.for_store(store, specs[0], data=setup.data, total_steps=len(steps), device=setup.device)
+    train_cached(store, steps[:1], run)
+    start = time.perf_counter()
+    train_cached(store, steps[1:], run)
+    return {"seconds_per_token": (time.perf_counter() - start) / tokens}
+
+
+def time_extraction(setup: Setup, out: Path) -> dict:
+    """Seconds per stored token of the extraction on this machine, over TIMED_EXAMPLES examples."""
+    result = extract(setup.model, dataset=setup.dataset, split=setup.train_split, limit=TIMED_EXAMPLES,
+                     root=out / "stores", device=setup.device, quantization=setup.quantization, progress=True)
+    stats = FeatureStore.open(result.store).attrs["stats"]
+    return {"seconds_per_token": stats["extract_seconds"] / stats["extract_tokens"]}
+
+
 def shape(setup: Setup, store: FeatureStore) -> dict:
     """What the FLOP count needs: the backbone's sizes, the answer tokens' share, every method's
     trainable weights (the top blocks' take their attention settings from the loaded backbone)."""
@@ -279,6 +306,10 @@ def worker(job: dict) -> dict:
         return train_budget(setup, job["method"], job["lr"], job["max_steps"], store, out)
     if kind == "shape":
         return shape(setup, store)
+    if kind == "timing":
+        return time_method(setup, job["method"], job["lr"], store, out)
+    if kind == "timing-extract":
+        return time_extraction(setup, out)
     if kind == "train":
         return train_from_store(setup, store, job["methods"], out)
     return evaluate_method(setup, job["method"], store, Path(job["checkpoint"]) if job.get("checkpoint") else None,
@@ -441,8 +472,8 @@ def scaling(setup: Setup, out: Path, budgets: list[float]) -> dict:
     training FLOPs (scripts/flops.py): trained, validated and evaluated, after :func:`compare`
     (whose learning rates it uses). Budgets run smallest first and, within one, the side networks
     first (theirs are the quicker runs), so a cut-short run has every method at the small budgets.
-    QLoRA's 1x is the comparison's own run, reused: its seconds may come from another machine, so
-    they are left out of the seconds axis."""
+    QLoRA's 1x is the comparison's own run, reused. Then every method is timed, one after another
+    (the seconds axis: see :func:`scaling_points`)."""
     results = Results(out / "compare.json", setup)
     store_path = prepare_store(setup, out)[0]
     store = FeatureStore.open(store_path)
@@ -453,6 +484,7 @@ def scaling(setup: Setup, out: Path, budgets: list[float]) -> dict:
     job = lambda **kw: {"setup": asdict(setup), "store": str(store_path), **kw}
     counted = results.once(lambda: in_fresh_process(job(kind="shape", out=str(out / "shape")), out / "shape"), "flops")
     shape = flops.Shape(**counted["shape"])
+    results.put(store.n_tokens, "store_tokens")
     results.put(shape.forward * store.n_tokens, "extract_flops")
     per_token = {m: flops.per_token(shape, counted["trainable"][m], m in PEFT_METHODS) for m in SCALING}
     steps = results.get("steps")
@@ -472,6 +504,14 @@ def scaling(setup: Setup, out: Path, budgets: list[float]) -> dict:
                                                       out=str(where)), where), "scaling", *key, "run")
             results.once(lambda: in_fresh_process(job(kind="eval", method=method, checkpoint=str(where),
                                                       out=str(where / "eval")), where / "eval"), "scaling", *key, "eval")
+    # the seconds axis: every method timed one after another, so that the times compare (the long runs'
+    # own seconds, kept in their records, may have shared the machine with other work)
+    for method in SCALING:
+        where = out / "timing" / method
+        results.once(lambda: in_fresh_process(job(kind="timing", method=method, lr=lrs[method], out=str(where)),
+                                              where), "timing", method)
+    results.once(lambda: in_fresh_process(job(kind="timing-extract", out=str(out / "timing" / "extract")),
+                                          out / "timing" / "extract"), "timing", "extract")
     return results.data
 
 
@@ -574,25 +614,33 @@ def report(data: dict, out: Path) -> str:
 def scaling_points(data: dict) -> dict[str, list[dict]]:
     """{method: [point per finished budget, smallest first]}: each the budget's steps, epochs and
     FLOPs, its run and evaluation, and its compute with the extraction counted whole
-    (``flops``, ``seconds``) and shared over a sweep of SHARED_OVER networks (``shared_flops``)."""
-    extraction = (data["extract_flops"], data["extract_seconds"])
+    (``flops``, ``seconds``) and shared over a sweep of SHARED_OVER networks (``shared_flops``).
+    Seconds are the budget's tokens at the method's timed seconds per token (None until timed)."""
+    timing = data.get("timing", {})
+    extract_seconds = timing["extract"]["seconds_per_token"] * data["store_tokens"] if "extract" in timing else None
     points = {}
     for method, budgets in data["scaling"].items():
         share = 0 if method in PEFT_METHODS else 1
         rows = [{"budget": float(b), **p["budget"], **p["run"], **p["eval"]} for b, p in budgets.items()
                 if "eval" in p]
         for row in rows:
-            row["flops"] = row["train_flops"] + share * extraction[0]
-            row["shared_flops"] = row["train_flops"] + share * extraction[0] / SHARED_OVER
-            row["seconds"] = None if row.get("reused") else row["train_seconds"] + share * extraction[1]
+            row["flops"] = row["train_flops"] + share * data["extract_flops"]
+            row["shared_flops"] = row["train_flops"] + share * data["extract_flops"] / SHARED_OVER
+            row["seconds"] = None
+            if method in timing and extract_seconds is not None:
+                row["seconds"] = row["tokens"] * timing[method]["seconds_per_token"] + share * extract_seconds
         points[method] = sorted(rows, key=lambda row: row["budget"])
     return points
 
 
 def scaling_table(data: dict) -> list[str]:
+    timing = data.get("timing", {})
+    extraction = (f", {timing['extract']['seconds_per_token'] * data['store_tokens']:.0f} s" if "extract" in timing
+                  else "")
     lines = [f"At equal training compute (budgets in multiples of the QLoRA run above, counted in FLOPs as "
              f"scripts/flops.py says; a side network's compute includes the whole extraction, "
-             f"{data['extract_flops'] / 1e12:.1f} TFLOP / {data['extract_seconds']:.0f} s):", "",
+             f"{data['extract_flops'] / 1e12:.1f} TFLOP{extraction}). Seconds: each budget's tokens at its method's "
+             f"seconds per token, timed one method after another on this machine:", "",
              "| budget | method | lr | steps | epochs | TFLOP | seconds | validation loss | accuracy | mean CoT |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     lrs = {m: lr or data["methods"][m]["lr"] for m, lr in SCALING.items()}
@@ -607,7 +655,7 @@ def scaling_table(data: dict) -> list[str]:
 
 
 def seconds(point: dict) -> str:
-    return "- (reused run)" if point["seconds"] is None else f"{point['seconds']:.0f}"
+    return "-" if point["seconds"] is None else f"{point['seconds']:.0f}"
 
 
 def slope(points: list[dict]) -> float:
