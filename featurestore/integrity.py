@@ -15,7 +15,6 @@ are read as before.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import numpy as np
@@ -26,6 +25,7 @@ from zarr.storage import WrapperStore
 
 from . import layout as L
 from .errors import CorruptStoreError
+from .remote import cut, gather_all
 from .storage import digest, read_bytes
 
 INTEGRITY = "integrity"  # root attribute: {"root": sha256, "documents": {key: sha256}}
@@ -117,36 +117,36 @@ class CheckedStore(WrapperStore):
         if not is_chunk(key):
             return await self._store.get(key, prototype, byte_range)
         if self.by_manifest and key not in self._verified:
-            value = await self._store.get(key, prototype)
+            value = await self._checked(key, prototype)
             if value is not None or not self.complete:
-                value = value and await self._checked(key, value, prototype)
                 self._verified.add(key)
-                from .remote import cut
-
-                return cut(value, byte_range)
+                return None if value is None else cut(value, byte_range)
         else:
             value = await self._store.get(key, prototype, byte_range)
         if value is None and self.complete:
             raise corrupt(self.location, key, "missing")
         return value
 
-    async def _checked(self, key, value, prototype):
-        try:
+    async def _checked(self, key, prototype):
+        """The whole object, checked against its manifest. Through a remote store's read cache a bad
+        copy is evicted and fetched again once (the cache rotted, or the server's copy was fixed),
+        and a copy that fails is never cached."""
+        async def check(value):
             await acheck_digest(self.location, key, value.to_bytes(), self.digests)
+
+        if not hasattr(self._store, "get_checked"):
+            value = await self._store.get(key, prototype)
+            if value is not None:
+                await check(value)
             return value
+        try:
+            return await self._store.get_checked(key, prototype, check)
         except CorruptStoreError:
-            evict = getattr(self._store, "evict", None)
-            if evict is None:
-                raise
-        await evict(key)  # a cached copy went bad, or the server's was fixed since: fetch it again once
-        value = await self._store.get(key, prototype)
-        if value is None:
-            raise corrupt(self.location, key, "missing")
-        await acheck_digest(self.location, key, value.to_bytes(), self.digests)
-        return value
+            await self._store.evict(key)
+        return await self._store.get_checked(key, prototype, check)
 
     async def get_partial_values(self, prototype, key_ranges):
-        return await asyncio.gather(*(self.get(key, prototype, byte_range) for key, byte_range in key_ranges))
+        return await gather_all(self.get(key, prototype, byte_range) for key, byte_range in key_ranges)
 
 
 # -- metadata ------------------------------------------------------------------------------------

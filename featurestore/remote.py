@@ -13,6 +13,7 @@ Only a complete store is cached: it is written once and never changes. Each URL 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store
 from zarr.core.buffer import Buffer, default_buffer_prototype
+from zarr.core import sync as zarr_sync
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
@@ -67,8 +69,22 @@ class RemoteStore(WrapperStore):
             await self.cache.set(key, value)  # atomic: written aside, then renamed into place
         return cut(value, byte_range)
 
+    async def get_checked(self, key: str, prototype, check) -> Buffer | None:
+        """The whole object ``key``, passed through ``check`` (which raises on bad bytes) whether it
+        comes from the cache or the remote; a fetched copy enters the cache only once it passed, so
+        a refused object is never cached."""
+        if self.cache is not None and (hit := await self.cache.get(key, prototype)) is not None:
+            await check(hit)
+            return hit
+        value = await self._store.get(key, prototype)
+        if value is not None:
+            await check(value)
+            if self.cache is not None:
+                await self.cache.set(key, value)  # atomic: written aside, then renamed into place
+        return value
+
     async def get_partial_values(self, prototype, key_ranges):
-        return await asyncio.gather(*(self.get(key, prototype, byte_range) for key, byte_range in key_ranges))
+        return await gather_all(self.get(key, prototype, byte_range) for key, byte_range in key_ranges)
 
     async def evict(self, key: str) -> None:
         """Drops ``key`` from the read cache (a copy found bad), so the next get fetches it again."""
@@ -80,6 +96,16 @@ class RemoteStore(WrapperStore):
         if self.cache is not None and await self.cache.exists(key):
             return await self.cache.getsize(key)
         return await self._store.getsize(key)
+
+
+async def gather_all(awaitables):
+    """``asyncio.gather`` that lets every read finish before raising the first error: a refused
+    object must not leave sibling reads pending (each would print "Task was destroyed but it is
+    pending!" as the event loop closes)."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    if error := next((r for r in results if isinstance(r, BaseException)), None):
+        raise error
+    return results
 
 
 def cut(value: Buffer, byte_range: ByteRequest | None) -> Buffer:
@@ -94,9 +120,38 @@ def cut(value: Buffer, byte_range: ByteRequest | None) -> Buffer:
 
 def open_remote(url: str, cache_dir: str | os.PathLike | None = None) -> RemoteStore:
     """A read-only store for a URL, caching the objects of a complete store (see the module doc)."""
+    if not _drain_registered:
+        atexit.register(_drain_reads)  # after zarr's own handler, so it runs before zarr stops its loop
+        _drain_registered.append(True)
     remote = FsspecStore.from_url(url, read_only=True)
     root = cache_root(cache_dir)
     return RemoteStore(remote, None if root is None else _cache(remote, cache_path(url, root)))
+
+
+_drain_registered: list[bool] = []
+
+
+def _drain_reads(timeout: float = 10.0) -> None:
+    """At exit, lets the reads still in flight on zarr's event loop finish (or cancels them): zarr
+    gathers the reads of a shard without waiting for the rest once one fails, and a refused object
+    would otherwise leave its siblings pending, each printing "Task was destroyed but it is
+    pending!" as the loop stops. Nothing is in flight after reads that succeed: no wait then."""
+    loop = zarr_sync.loop[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def drain():
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if others:
+            _, pending = await asyncio.wait(others, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    try:
+        asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout + 5)
+    except Exception:  # at exit, a drain that cannot run must not turn into an error of its own
+        pass
 
 
 def _cache(remote: Store, path: Path) -> LocalStore | None:
