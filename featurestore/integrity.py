@@ -190,6 +190,20 @@ def check_document(store: Store, attrs: dict, key: str, location) -> None:
         raise corrupt(location, key, "changed since the store was completed (digest mismatch)")
 
 
+def check_manifests(store: Store, attrs: dict, location) -> None:
+    """Refuses a store whose shard manifests (one small document per shard, read together) differ
+    from the digests recorded at completion: what vouches for the data is checked on open."""
+    from .storage import read_many
+
+    documents = (attrs.get(INTEGRITY) or {}).get("documents", {})
+    keys = sorted(key for key in documents if key.startswith("manifest/shard-"))
+    for key, data in zip(keys, read_many(store, keys)):
+        if data is None:
+            raise corrupt(location, key, "missing")
+        if digest(data) != documents[key]:
+            raise corrupt(location, key, "changed since the store was completed (digest mismatch)")
+
+
 def offsets_problem(offsets: np.ndarray, n_examples: int, n_tokens: int) -> str | None:
     """What is wrong with a store's example offsets, or None: they must start at 0, never
     decrease and end at the token count, one more than the examples."""

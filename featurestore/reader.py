@@ -17,7 +17,7 @@ from . import layout as L
 from .codecs import Codec, get_codec
 from .direct import ArrayLayout, DirectReader, layout_of
 from .errors import CorruptStoreError, MissingLayerError, StoreError
-from .integrity import INTEGRITY, CheckedStore, check_document, check_root, corrupt, offsets_problem
+from .integrity import INTEGRITY, CheckedStore, check_document, check_manifests, check_root, corrupt, offsets_problem
 from .inventory import array_path
 from .layout import Geometry
 from .remote import RemoteStore
@@ -71,6 +71,8 @@ class FeatureStore:
         self.group, self.location = group, location
         self.attrs = dict(group.attrs)
         check_root(self.attrs, location)
+        if self.attrs.get("complete"):  # an incomplete store's manifests are still being written
+            check_manifests(group.store, self.attrs, location)
         self.codec: Codec = get_codec(self.attrs["codec"])
         self.layers: tuple[int, ...] = tuple(self.attrs["layers"])
         self.hidden_size: int = self.attrs["hidden_size"]
