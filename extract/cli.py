@@ -59,7 +59,9 @@ def main(**options) -> None:
     from featurestore.storage import size_on_disk
 
     size = size_on_disk(result.store)
-    click.echo(f"extracted {result.n_examples:,} examples, {result.n_tokens:,} tokens "
+    kept = result.n_tokens - result.computed_tokens  # a resume keeps the shards finished before
+    resumed = f" ({result.computed_tokens:,} computed now, {kept:,} kept from before)" if kept > 0 else ""
+    click.echo(f"extracted {result.n_examples:,} examples, {result.n_tokens:,} tokens{resumed} "
                f"in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s computed)")
     click.echo(f"store        {result.store}\nfingerprint  {result.fingerprint}\n"
                f"size         {size / 2**20:.1f} MB ({size / result.n_tokens:,.0f} bytes/token)")

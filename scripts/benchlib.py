@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -145,7 +146,9 @@ def with_lora(model, *, rank: int = 16, dropout: float = 0.0, kbit: bool = False
         model.enable_input_require_grads()
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=dropout, target_modules="all-linear",
                         task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft (0.21) reads transformers' deprecated name: not the user's to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def lora_model(model: str, *, qlora: bool, rank: int, device: str, adapter: Path | None = None):

@@ -1,5 +1,6 @@
 """extract(): stores that equal a direct forward, quantised and packaged backbones, resume, cache hits."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -121,7 +122,11 @@ def test_interrupted_extraction_resumes_to_the_uninterrupted_store(tmp_path, tin
     wait_for_shards(root, 5, second)
     second.send_signal(signal.SIGKILL)
     helpers.finish(second, 30, "the killed extraction")
-    assert cli("--root", str(root), "--resume").exit_code == 0
+    finished = cli("--root", str(root), "--resume")
+    counts = re.search(r"\(([\d,]+) computed now, ([\d,]+) kept from before\)", finished.output)
+    assert finished.exit_code == 0 and counts, finished.output
+    computed, kept = (int(x.replace(",", "")) for x in counts.groups())
+    assert computed > 0 and kept > 0  # the summary counts only what this run computed as computed
     assert cli("--root", str(tmp_path / "clean")).exit_code == 0
     [resumed], [uninterrupted] = root.glob("*.zarr"), (tmp_path / "clean").glob("*.zarr")
     assert FeatureStore.open(resumed).geometry.n_shards > 8
