@@ -170,7 +170,7 @@ def test_ctrl_c_saves_every_run_at_its_last_finished_step_and_says_how_to_resume
     helpers.wait_until(lambda: (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 200,
                        120, "a few logged steps")
     child.send_signal(signal.SIGINT)
-    _, stderr = child.communicate(timeout=300)
+    _, stderr = helpers.finish(child, 120, "training after Ctrl-C")
     assert child.returncode == 1 and "Traceback" not in stderr, stderr[-2000:]
     line = stderr.strip().splitlines()[-1]
     assert line.startswith("Error: interrupted: 1 run(s) saved at step ") and "--resume" in line, line
