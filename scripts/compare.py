@@ -324,6 +324,11 @@ def probe(setup: Setup, method: str, store: FeatureStore, out: Path) -> None:
         return
     side = side_configs(store)["ladder" if method == "live-lst" else method]
     run = make_run(store, out, side, setup.side_lrs[0], setup, len(steps))
+    if method == "top":  # as fit() starts it: the backbone reloaded to copy its top blocks, then dropped
+        [spec], start = top_blocks(store, [RunSpec.at(out, side, OptimConfig(lr=setup.side_lrs[0]))])
+        run = make_run(store, out, spec.side, setup.side_lrs[0], setup, len(steps))
+        start(run.model)
+        del start
     if method == "live-lst":
         backbone = load_backbone(setup.model, quantization=setup.quantization, device=setup.device)
         train_live(backbone, store, steps, [run])
@@ -512,6 +517,8 @@ def scaling(setup: Setup, out: Path, budgets: list[float]) -> dict:
                                               where), "timing", method)
     results.once(lambda: in_fresh_process(job(kind="timing-extract", out=str(out / "timing" / "extract")),
                                           out / "timing" / "extract"), "timing", "extract")
+    results.once(lambda: in_fresh_process(job(kind="probe", method="top", out=str(out / "probe" / "top")),
+                                          out / "probe" / "top")["peak_mb"], "peak_mb", "top")
     return results.data
 
 
@@ -693,6 +700,11 @@ def scaling_claims(data: dict) -> list[tuple[str, str, str]]:
             rows.append((f"{method} accuracy within 3 points of QLoRA's at equal compute (extraction counted whole)",
                          verdict(gaps[-1][1] >= -3), "; ".join(f"{b:g}x: {g:+.1f} points" for b, g in gaps) +
                          " (QLoRA interpolated in log compute)"))
+    peak = data.get("peak_mb", {})
+    if {"top", "qlora"} <= peak.keys():
+        rows.append(("target: the top blocks' peak memory <= 25% of QLoRA's", verdict(peak["top"] <= 0.25 * peak["qlora"]),
+                     f"{peak['top']:.0f} MB = {peak['top'] / peak['qlora']:.0%} of {peak['qlora']:.0f} MB (the "
+                     "backbone reloaded once to copy its blocks included)"))
     if points.get("ladder") and qlora:
         lad, top = points["ladder"][-1], qlora[-1]
         rows.append(("target: Ladder validation loss <= 1.5x QLoRA's at the largest budget",

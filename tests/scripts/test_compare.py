@@ -69,6 +69,7 @@ def test_compare_runs_every_method_on_a_tiny_model(tmp_path, tiny_llama):
     assert top["step"] == scaling["top"]["1"]["budget"]["steps"] > steps  # cheaper steps: more of them
     timing = json.loads((tmp_path / "compare.json").read_text())["timing"]
     assert set(timing) == {"qlora", "ladder", "top", "extract"} and all(t["seconds_per_token"] > 0 for t in timing.values())
+    assert json.loads((tmp_path / "compare.json").read_text())["peak_mb"]["top"] > 0
     assert (tmp_path / "scaling.png").stat().st_size > 0 and "At equal training compute" in (tmp_path / "compare.md").read_text()
 
 
