@@ -51,6 +51,9 @@ def _load_rows(dataset: str, split: str, config: str | None):
 
     path = Path(dataset)
     builder = FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None and path.is_file():  # a file, but of no format we read: not a hub id either
+        raise DataError(f"{dataset} is a {path.suffix or 'extension-less'} file; datasets are read from "
+                        f"{', '.join(FILE_BUILDERS)} files (or a hub id)")
     if builder:
         if not path.is_file():
             raise DataError(f"no such file: {dataset}")

@@ -136,6 +136,9 @@ def test_empty_dataset_and_bad_input(tmp_path):
         load_examples("arith", limit=0)
     with pytest.raises(DataError, match="has no answer"):
         load_examples(write(tmp_path / "holes.jsonl", [{"question": "q", "answer": None}]))
+    (tmp_path / "notes.txt").write_text("What is 2 + 2?\n")
+    with pytest.raises(DataError, match=r"notes.txt is a .txt file; datasets are read from .json, .jsonl"):
+        load_examples(str(tmp_path / "notes.txt"))  # named as such, not taken for a hub id
 
 
 def test_hub_ids_fail_clearly_offline():
