@@ -282,7 +282,8 @@ def _push_to_hub(store: str, url: str, allow_incomplete: bool, private: bool) ->
 @click.argument("dir", type=click.Path(file_okay=False))
 @click.option("--allow-incomplete", is_flag=True, help="Copy the finished shards of an incomplete store.")
 def pull(url: str, dir: str, allow_incomplete: bool) -> None:
-    """Copy the store at URL (http(s)://, s3://, gs://, file:// or a path) to DIR, object by object.
+    """Copy the store at URL (http(s)://, hf://datasets/ORG/NAME, s3://, gs://, file:// or a path) to
+    DIR, object by object.
 
     An existing directory that is not a store receives the copy under the URL's last name (like
     cp). Every chunk and shard is checked against the checksum its manifest records; the copy is

@@ -14,6 +14,7 @@ NOT_IMPORTED with the reason it is needed all the same.
 """
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -183,3 +184,16 @@ except SystemExit as e:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Commands:" in result.stdout and "verify" in result.stdout, result.stdout
+
+
+def test_make_installs_into_the_active_virtual_environment_or_says_where_it_installs():
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.fail("make is needed: the README's set-up is `make install`")
+    active = subprocess.run(["make", "-n", "install"], capture_output=True, text=True, cwd=REPO, timeout=60,
+                            env={**os.environ, "VIRTUAL_ENV": "/opt/some-venv"})
+    assert "/opt/some-venv/bin/python -m pip install" in active.stdout and "note:" not in active.stdout
+    bare = subprocess.run(["make", "-n", "install"], capture_output=True, text=True, cwd=REPO, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})
+    assert "no virtual environment is active" in bare.stdout and "python3 -m pip install" in bare.stdout

@@ -76,3 +76,9 @@ def test_the_boundary_prints_a_user_errors_first_line_and_a_bug_keeps_its_traceb
     assert (result.exit_code, result.output) == (1, "Error: what went wrong\n")
     result = CliRunner().invoke(fail(RuntimeError("a bug")), args)
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+
+
+@pytest.mark.parametrize("command", ["push", "pull"])
+def test_copy_commands_name_every_kind_of_location_they_take(command):
+    help_text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
+    assert all(kind in help_text for kind in ("hf://datasets/ORG/NAME", "s3://", "gs://", "file://"))
