@@ -49,8 +49,19 @@ def training_options(command):
         config_options(SideConfig, OptimConfig, DataConfig),
         click.option("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]."),
         click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out."),
+        click.option("--threads", type=click.IntRange(min=0), default=0, callback=set_threads, expose_value=False,
+                     help="CPU threads torch computes with (0: torch's own choice, one per core)."),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+
+def set_threads(ctx, param, threads: int) -> int:
+    """--threads: torch's intra-op threads for this process (0 leaves torch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return threads
 
 
 def split_options(o: dict) -> tuple[dict, OptimConfig, DataConfig]:

@@ -85,3 +85,18 @@ def test_probe_prints_a_row_per_layer_and_refuses_layers_the_store_lacks(tmp_pat
     assert missing.exit_code == 1 and missing.output.startswith("Error: the store holds no hidden states [9]")
     bad = CliRunner().invoke(main, [*args, "--layers", "top"])
     assert bad.exit_code == 2 and "layer numbers separated by commas" in bad.output
+
+
+def test_threads_sets_torchs_threads_for_the_run(tmp_path, tiny_store):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(main, ["train", str(tiny_store), "--out", str(tmp_path / "t"), "--side-width", "16",
+                                           "--heads", "2", "--epochs", "1", "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    refused = CliRunner().invoke(main, ["train", str(tiny_store), "--out", str(tmp_path / "u"), "--threads", "-1"])
+    assert refused.exit_code == 2 and "--threads" in refused.output
