@@ -256,8 +256,11 @@ def generate_cmd(run, prompts, prompt_file, chat, raw, backbone_only, device, **
 
         def answer(question: str) -> int:
             ids = model.tokenizer(question, add_special_tokens=False).input_ids if raw else model.encode(question)
-            out = model.generate([ids], **settings)
-            return out.shape[1] - len(ids)
+            new = model.generate([ids], **settings)[0, len(ids):].tolist()
+            if new and new[0] in model.eos_token_ids:  # else the streamer prints nothing and leaves you guessing
+                click.echo("(the answer ended at once: the first token generated was end-of-sequence; the "
+                           "network may be under-trained)", err=True)
+            return len(new)
 
         if chat:
             click.echo(f"{model.checkpoint.side.kind if not backbone_only else 'backbone'} on "

@@ -226,3 +226,18 @@ def test_smollm2_with_the_chat_template(tmp_path):
     expected = generate(model.pipeline, [ids[0].tolist()], max_new_tokens=8, pad_id=model.tokenizer.pad_token_id,
                         stop=lambda t: t[-1] in eos)[0]
     assert model.generate(ids, max_new_tokens=8)[0, ids.shape[1]:].tolist()[: len(expected)] == expected
+
+
+def test_generate_says_when_the_answer_ends_at_its_first_token(run, monkeypatch):
+    from click.testing import CliRunner
+
+    from train_side.cli import main
+
+    def ends_at_once(self, input_ids, **kwargs):  # an under-trained network: EOS first
+        ids = torch.as_tensor(input_ids)
+        return torch.cat([ids, torch.full((len(ids), 1), self.eos_token_ids[0])], dim=1)
+
+    monkeypatch.setattr(SideModel, "generate", ends_at_once)
+    result = CliRunner().invoke(main, ["generate", str(run), "What is 2 + 2?"])
+    assert result.exit_code == 0, result.output
+    assert "the first token generated was end-of-sequence" in result.output and "under-trained" in result.output
