@@ -211,10 +211,13 @@ def check_cmd(store, device) -> None:
                                            "repeat; an empty line or Ctrl-D ends. Each question is answered on "
                                            "its own (the run's template is single-turn).")
 @config_options(GenerateConfig, skip=("batch_size",))  # one prompt at a time, streamed
+@click.option("--stop", "stops", multiple=True, help="Also stop an answer once it contains this text (repeatable); "
+                                                     "every answer stops at EOS and after its final '#### n' line, "
+                                                     "as eval's do.")
 @click.option("--raw", is_flag=True, help="Send each prompt as it is, without the run's prompt template.")
 @click.option("--backbone-only", is_flag=True, help="The run's backbone alone (the baseline), same template.")
 @click.option("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N].")
-def generate_cmd(run, prompts, prompt_file, chat, raw, backbone_only, device, **options) -> None:
+def generate_cmd(run, prompts, prompt_file, chat, stops, raw, backbone_only, device, **options) -> None:
     """Answer your own prompts with the side network of RUN (a run directory or hf://ORG/NAME),
     streaming the text as it is generated.
 
@@ -248,11 +251,14 @@ def generate_cmd(run, prompts, prompt_file, chat, raw, backbone_only, device, **
     try:
         from transformers import TextStreamer
 
+        from extract.tasks.answers import FINISHED_ANSWER
+
         from .inference.side_model import SideModel
 
         model = SideModel.from_pretrained(run, device=device, backbone_only=backbone_only)
         streamer = TextStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        settings = dict(generation_config=config_from_options(GenerateConfig, options), streamer=streamer)
+        settings = dict(generation_config=config_from_options(GenerateConfig, options), streamer=streamer,
+                        stop_strings=[FINISHED_ANSWER, *stops])  # where eval stops, and the user's own
 
         def answer(question: str) -> int:
             ids = model.tokenizer(question, add_special_tokens=False).input_ids if raw else model.encode(question)

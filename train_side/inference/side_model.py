@@ -23,6 +23,7 @@ else is refused with a one-line error rather than ignored.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,8 @@ from .hub import fetch_run
 from ..network.model import FrozenHead
 
 SUPPORTED = ("max_new_tokens", "max_length", "do_sample", "temperature", "top_p", "top_k", "eos_token_id",
-             "pad_token_id", "streamer", "generation_config", "seed", "use_cache", "attention_mask")
+             "pad_token_id", "streamer", "generation_config", "seed", "use_cache", "attention_mask", "stop_strings",
+             "return_dict_in_generate")
 
 
 def by_transformers_names(config: GenerateConfig) -> dict:
@@ -128,7 +130,7 @@ class SideModel:
     forward = __call__
 
     def generate(self, input_ids: Tensor | list | None = None, attention_mask: Tensor | None = None,
-                 **kwargs) -> Tensor:
+                 **kwargs) -> Tensor | GenerateDecoderOnlyOutput:
         """Generates after each row of ``input_ids`` (B, T; left or right padding marked by
         ``attention_mask``) and returns the rows followed by their new tokens (B, T + new), padded
         with ``pad_token_id`` after EOS, as transformers does. Arguments, by transformers' names,
@@ -138,8 +140,12 @@ class SideModel:
         ``top_k`` (0: off), ``eos_token_id`` (default: the tokenizer's and the template's; ``[]``
         for none), ``pad_token_id``, ``streamer`` (a ``TextStreamer``, batch size 1),
         ``generation_config`` (transformers' ``GenerationConfig`` or a ``GenerateConfig``: its
-        fields are the defaults of the others), and ``seed`` (default: drawn from torch's global
-        generator, so ``torch.manual_seed`` makes sampling repeat)."""
+        fields are the defaults of the others), ``seed`` (default: drawn from torch's global
+        generator, so ``torch.manual_seed`` makes sampling repeat), ``stop_strings`` (a string or a
+        list: a row stops once its new text contains one; a compiled regex serves too, such as
+        ``extract.tasks.answers.FINISHED_ANSWER``, the finished answer line where ``train_side
+        eval`` stops) and ``return_dict_in_generate`` (then a transformers
+        ``GenerateDecoderOnlyOutput`` whose ``sequences`` are what is returned otherwise)."""
         options = self._options(kwargs)
         if input_ids is None and kwargs.get("inputs") is None:
             raise GenerationArgumentError("generate() needs input_ids: the prompt's token ids, e.g. "
@@ -175,8 +181,16 @@ class SideModel:
                 streamer.put(tokens)
                 finished.logical_or_(torch.tensor([t in eos for t in tokens.tolist()]))
 
-        outputs = generate(self.pipeline, prompts, max_new_tokens=max(max_new, 0), pad_id=pad,
-                           stop=lambda tokens: tokens[-1] in eos,
+        stops = options["stop_strings"] or []
+        stops = [stops] if isinstance(stops, (str, re.Pattern)) else list(stops)
+
+        def stop(tokens: list[int]) -> bool:
+            if tokens[-1] in eos:
+                return True
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True) if stops else ""
+            return any(s.search(text) if isinstance(s, re.Pattern) else s in text for s in stops)
+
+        outputs = generate(self.pipeline, prompts, max_new_tokens=max(max_new, 0), pad_id=pad, stop=stop,
                            temperature=float(options["temperature"]) if sampling else 0.0,
                            top_p=float(options["top_p"]), top_k=int(options["top_k"] or 0), seed=seed,
                            on_step=on_step)
@@ -186,7 +200,12 @@ class SideModel:
         new = torch.full((len(outputs), width), pad, dtype=torch.long)
         for i, tokens in enumerate(outputs):
             new[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        return torch.cat([ids, new.to(ids.device)], dim=1)
+        sequences = torch.cat([ids, new.to(ids.device)], dim=1)
+        if options["return_dict_in_generate"]:
+            from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+            return GenerateDecoderOnlyOutput(sequences=sequences)
+        return sequences
 
     def _options(self, kwargs: dict) -> dict:
         """The generation settings: explicit arguments over ``generation_config``'s over defaults."""
@@ -199,13 +218,14 @@ class SideModel:
         if kwargs.pop("use_cache", True) is False:
             raise GenerationArgumentError("generate() always uses both KV caches; drop use_cache=False")
         options = {**by_transformers_names(GenerateConfig()), "max_new_tokens": None, "max_length": None,
-                   "eos_token_id": None, "pad_token_id": None, "streamer": None, "seed": None}
+                   "eos_token_id": None, "pad_token_id": None, "streamer": None, "seed": None, "stop_strings": None,
+                   "return_dict_in_generate": False}
         config = kwargs.pop("generation_config", None)
         if isinstance(config, GenerateConfig):
             options.update(by_transformers_names(config))
         elif config is not None:
             for key in ("max_new_tokens", "max_length", "do_sample", "temperature", "top_p", "top_k", "eos_token_id",
-                        "pad_token_id"):
+                        "pad_token_id", "stop_strings", "return_dict_in_generate"):
                 if getattr(config, key, None) is not None:
                     options[key] = getattr(config, key)
             if getattr(config, "num_beams", 1) not in (None, 1):

@@ -241,3 +241,22 @@ def test_generate_says_when_the_answer_ends_at_its_first_token(run, monkeypatch)
     result = CliRunner().invoke(main, ["generate", str(run), "What is 2 + 2?"])
     assert result.exit_code == 0, result.output
     assert "the first token generated was end-of-sequence" in result.output and "under-trained" in result.output
+
+
+def test_stop_strings_end_a_row_once_its_new_text_holds_one(model, prompts):
+    import re
+
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    ids = torch.tensor([prompts[0]])
+    free = model.generate(ids, max_new_tokens=12, eos_token_id=[])[0, ids.shape[1]:].tolist()
+    text = [model.tokenizer.decode(free[:n], skip_special_tokens=True) for n in range(1, len(free) + 1)]
+    cut = next(n for n in range(2, len(free)) if text[n - 1].strip() and text[n - 1] != text[n - 2])
+    stop = text[cut - 1][-1]  # the last character of the text after `cut` tokens: first seen then or before
+    first = next(n for n in range(1, len(free) + 1) if stop in text[n - 1])
+    stopped = model.generate(ids, max_new_tokens=12, eos_token_id=[], stop_strings=stop)
+    assert stopped[0, ids.shape[1]:].tolist() == free[:first]
+    by_regex = model.generate(ids, max_new_tokens=12, eos_token_id=[], stop_strings=[re.compile(re.escape(stop))])
+    assert torch.equal(by_regex, stopped)
+    out = model.generate(ids, max_new_tokens=3, eos_token_id=[], return_dict_in_generate=True)
+    assert isinstance(out, GenerateDecoderOnlyOutput) and out.sequences.shape[1] == ids.shape[1] + 3
