@@ -476,7 +476,7 @@ def scaling(setup: Setup, out: Path, budgets: list[float]) -> dict:
     """Every method of SCALING at each compute budget, a multiple of the comparison's QLoRA run in
     training FLOPs (scripts/flops.py): trained, validated and evaluated, after :func:`compare`
     (whose learning rates it uses). Budgets run smallest first and, within one, the side networks
-    first (theirs are the quicker runs), so a cut-short run has every method at the small budgets.
+    first (theirs are the quicker runs), so a cut-short run has the most points.
     QLoRA's 1x is the comparison's own run, reused. Then every method is timed, one after another
     (the seconds axis: see :func:`scaling_points`)."""
     results = Results(out / "compare.json", setup)
@@ -494,7 +494,8 @@ def scaling(setup: Setup, out: Path, budgets: list[float]) -> dict:
     per_token = {m: flops.per_token(shape, counted["trainable"][m], m in PEFT_METHODS) for m in SCALING}
     steps = results.get("steps")
     for budget in budgets:
-        for method in sorted(SCALING, key=lambda m: m in PEFT_METHODS):  # the side networks' steps are quicker
+        # the side networks first (their runs are the quicker), the one of fewest steps first
+        for method in sorted(SCALING, key=lambda m: (m in PEFT_METHODS, -per_token[m])):
             n = max(1, round(budget * steps * per_token["qlora"] / per_token[method]))
             where, key = out / "scaling" / f"{method}-{budget:g}x", (method, f"{budget:g}")
             data = replace(setup.data, max_steps=n)

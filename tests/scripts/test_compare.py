@@ -57,7 +57,7 @@ def test_compare_runs_every_method_on_a_tiny_model(tmp_path, tiny_llama):
     scaled = helpers.run([*command, "--budgets", "0.5,1"], timeout=HANG, cwd=REPO, capture_output=True, text=True)
     assert scaled.returncode == 0, scaled.stderr[-3000:]
     scaling = json.loads((tmp_path / "compare.json").read_text())["scaling"]
-    assert list(scaling) == ["ladder", "top", "qlora"] and all(list(b) == ["0.5", "1"] for b in scaling.values())
+    assert list(scaling) == ["top", "ladder", "qlora"] and all(list(b) == ["0.5", "1"] for b in scaling.values())
     reused = {**data["runs"]["qlora"][str(methods["qlora"]["lr"])], "reused": True}
     assert scaling["qlora"]["1"]["run"] == reused  # the comparison's own run
     for method, budgets in scaling.items():
