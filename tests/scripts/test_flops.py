@@ -30,6 +30,7 @@ def test_shape_counts_the_block_matrices_and_the_head(model):
     assert shape.forward == 2 * config.num_hidden_layers * shape.block_weights
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft's, as benchlib filters it
 def test_lora_weights_are_what_peft_trains(model):
     import peft  # the [baselines] extra: make install installs it
     counted = flops.lora_weights(model, 4)  # before peft wraps the projections (in place)

@@ -72,7 +72,7 @@ def test_config_names_the_hidden_states_it_reads(overrides, initial, ladders, in
     ({"kind": "xladder", "delta": 0}, "delta"),
     ({"kind": "xladder", "taps": [4]}, "Ladder options"),
     ({"reduction": 3}, "divisible"),
-    ({"reduction": 0}, "divisible"),
+    ({"reduction": 0}, "positive divisor"),
     ({"side_width": 0}, "positive"),
     ({"n_heads": 0}, "heads"),
     ({"n_heads": 3}, "heads"),
