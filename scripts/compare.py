@@ -472,8 +472,8 @@ def levers(setup: Setup, out: Path) -> dict:
     return results.data
 
 
-def scaling(setup: Setup, out: Path, budgets: list[float]) -> dict:
-    """Every method of SCALING at each compute budget, a multiple of the comparison's QLoRA run in
+def scaling(setup: Setup, out: Path, budgets: list[float], methods: tuple[str, ...] = tuple(SCALING)) -> dict:
+    """Each of ``methods`` (of SCALING) at each compute budget, a multiple of the comparison's QLoRA run in
     training FLOPs (scripts/flops.py): trained, validated and evaluated, after :func:`compare`
     (whose learning rates it uses). Budgets run smallest first and, within one, the side networks
     first (theirs are the quicker runs), so a cut-short run has the most points.
@@ -495,7 +495,7 @@ def scaling(setup: Setup, out: Path, budgets: list[float]) -> dict:
     steps = results.get("steps")
     for budget in budgets:
         # the side networks first (their runs are the quicker), the one of fewest steps first
-        for method in sorted(SCALING, key=lambda m: (m in PEFT_METHODS, -per_token[m])):
+        for method in sorted(methods, key=lambda m: (m in PEFT_METHODS, -per_token[m])):
             n = max(1, round(budget * steps * per_token["qlora"] / per_token[method]))
             where, key = out / "scaling" / f"{method}-{budget:g}x", (method, f"{budget:g}")
             data = replace(setup.data, max_steps=n)
@@ -784,6 +784,8 @@ def main() -> None:
     parser.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")],
                         help="Then train " + ", ".join(SCALING) + " at each compute budget, in multiples of the "
                              "QLoRA run's training FLOPs (e.g. 0.25,0.5,1,2): docs/compare/scaling.png's curves.")
+    parser.add_argument("--budget-methods", default=",".join(SCALING),
+                        help="The methods --budgets trains (default: all of " + ", ".join(SCALING) + ").")
     parser.add_argument("--levers", action="store_true",
                         help="Then train and evaluate the Ladder with each lever: " + "; ".join(LEVERS))
     for f in Setup.__dataclass_fields__.values():
@@ -812,7 +814,11 @@ def main() -> None:
     if args.levers:
         data = levers(setup, out)
     if args.budgets:
-        data = scaling(setup, out, args.budgets)
+        chosen = tuple(args.budget_methods.split(","))
+        if set(chosen) - set(SCALING):
+            raise SystemExit(f"unknown --budget-methods {sorted(set(chosen) - set(SCALING))}; choose from "
+                             f"{', '.join(SCALING)}")
+        data = scaling(setup, out, args.budgets, chosen)
     print(report(data, out))
     print(f"whole comparison: {(time.perf_counter() - start) / 60:.1f} min this run; results in {out}/compare.json, "
           f"compare.md, compare.png")
