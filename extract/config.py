@@ -40,6 +40,9 @@ class ExtractConfig:
         "Drop examples longer than --max-length instead of truncating."))
     layers: str = field(default="all", metadata=_help(
         "Hidden states to store: all, a list like 0,4,8, every:K or top:D."))
+    top_blocks: int = field(default=8, metadata=_help(
+        "Also store the backbone's top N blocks (Llama-style backbones; others store none), so that a side network "
+        "of --kind top starts from the store with no backbone loaded. 0: none.", min=0))
     codec: str = field(default="int8o", metadata=_help(
         f"{', '.join(CODECS)} (int8o: ~3x smaller than fp16, <=2% error per token)."))
     token_budget: int = field(default=4096, metadata=_help("Padded tokens per forward batch (part of the fingerprint: "

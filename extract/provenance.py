@@ -119,6 +119,7 @@ class Provenance:
     max_length: int | None = None
     long_examples: str | None = None  # "truncate" | "skip"
     token_budget: int | None = None  # padded tokens per forward batch: batch composition changes float results
+    top_blocks: int | None = None  # how many of the backbone's top blocks the store holds (None: none)
 
     def __post_init__(self):
         for name, part in (("model", BackboneInfo), ("dataset", DatasetRef), ("template", Template)):

@@ -18,6 +18,7 @@ from featurestore import StoreError, StoreSpec, StoreWriter, catalog, finalize
 from featurestore.layout import plan_batches
 
 from .backbones import Backbone, resolve_backbone
+from .backbones.blocks import stored_count
 from .config import ExtractConfig
 from .distributed import Ranks
 from .errors import DistributedError, PlanError, RootError
@@ -125,6 +126,7 @@ def store_spec(source, dataset_info: dict, config: ExtractConfig) -> StoreSpec:
         max_length=config.max_length,
         long_examples="skip" if config.skip_long else "truncate",
         token_budget=config.token_budget,
+        top_blocks=stored_count(source.config, config.top_blocks) or None,
     )
     return StoreSpec(parse_layers(config.layers, source.info["n_layers"]), source.info["hidden_size"], config.codec,
                      source=provenance.source())
@@ -182,11 +184,13 @@ class Job:
 
     def open_writer(self) -> StoreWriter:
         """Rank 0 creates (or resumes) the store, with the frozen head once it passed the head check
-        on the first examples; the other ranks attach to it."""
+        on the first examples, and the top blocks the provenance promises; the other ranks attach to it."""
         leader = self.ranks.leader
         head, head_config = checked_head(self.backbone, self.layout.tokens, self.spec.codec) if leader else (None, None)
+        count = self.spec.source.get("top_blocks")
+        blocks = self.backbone.top_blocks(count) if leader and count else None
         return StoreWriter(self.path, self.spec, self.layout.tokens, meta=self.layout.meta, head=head,
-                           head_config=head_config, resume=self.config.resume, attach=not leader,
+                           head_config=head_config, blocks=blocks, resume=self.config.resume, attach=not leader,
                            shards=self.ranks.shards, chunk_mb=self.config.chunk_mb,
                            extra_attrs=Provenance.version_attrs() if leader else None)
 

@@ -121,7 +121,10 @@ def info(store: str) -> None:
         ("codec", repr(fs.codec)),
         ("examples", f"{fs.n_examples:,}"),
         ("tokens", f"{fs.n_tokens:,} ({int(fs.lengths.mean()) if fs.n_examples else 0} per example)"),
-        ("size on disk", f"{_human(size)} (of which the frozen head {_human(part_size('head'))})"),
+        *([("top blocks", f"the backbone's top {a['top_blocks']}, for side networks of kind top")]
+          if a.get("top_blocks") else []),
+        ("size on disk", f"{_human(size)} (of which the frozen head {_human(part_size('head'))}"
+                         + (f", the top blocks {_human(part_size('blocks'))})" if a.get("top_blocks") else ")")),
         ("bytes/token", f"{per_token / fs.n_tokens:,.0f} ({per_token / fs.n_tokens / len(layers):,.0f} per layer)"),
         ("created", f"{a.get('created', '?')} by ladder-cache {a.get('tool_version', '?')}"),
     ]

@@ -9,7 +9,8 @@ One Zarr v3 group per store, token-major and ragged (no padding stored)::
     tokens/loss_mask       uint8 (n_tokens): 1 on target tokens
     layers/<k>/<part>      hidden-state index k encoded by the codec into named parts
     head/<name>            frozen final norm + LM head weights (attrs: their config)
-    manifest/layout        group whose attrs hold checksums of tokens/, examples/, head/ (at creation)
+    blocks/<name>          optional: the backbone's top blocks, for a side network that starts as them
+    manifest/layout        group whose attrs hold checksums of tokens/, examples/, head/, blocks/ (at creation)
     manifest/shard-<j>     group whose attrs hold checksums + stats of shard j of every layer array
 
 Every token-major array shares one shard grid: shard j holds tokens [j*S, (j+1)*S). A shard is the
@@ -34,6 +35,7 @@ META = "examples/meta"
 INPUT_IDS = "tokens/input_ids"
 LOSS_MASK = "tokens/loss_mask"
 HEAD = "head"
+BLOCKS = "blocks"
 LAYOUT_MANIFEST = "manifest/layout"
 # The root attributes the writer owns; a producer's ``source`` (its provenance) sits beside them
 # and may not reuse a name, or it would overwrite `complete` or the fingerprint.

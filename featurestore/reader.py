@@ -151,16 +151,28 @@ class FeatureStore:
             raise corrupt(self.location, L.META, "corrupt (an entry is not JSON)") from None
 
     def head(self) -> tuple[dict[str, np.ndarray], dict]:
-        """The frozen head weights and their config. The weights are named by the layout manifest,
-        not by listing the group (which plain HTTP servers cannot do)."""
+        """The frozen head weights and their config (their meaning: :mod:`featurestore.head`)."""
+        return self._frozen(L.HEAD)
+
+    def top_blocks(self) -> tuple[dict[str, np.ndarray], dict] | None:
+        """The backbone's top blocks and their config, or None when the store holds none (see
+        extract.backbones.blocks)."""
+        return self._frozen(L.BLOCKS) if self.attrs.get("top_blocks") else None
+
+    def _frozen(self, group: str) -> tuple[dict[str, np.ndarray], dict]:
+        """The weights of a group written at creation, and its attributes. The weights are named by the
+        layout manifest, not by listing the group (which plain HTTP servers cannot do)."""
         check_document(self.group.store, self.attrs, f"{L.LAYOUT_MANIFEST}/zarr.json", self.location)
         checksums = (read_manifest(self.group.store, L.LAYOUT_MANIFEST) or {}).get("checksums")
         if not isinstance(checksums, dict):
             raise corrupt(self.location, f"{L.LAYOUT_MANIFEST}/zarr.json", "missing or unreadable")
-        paths = sorted({array_path(key) for key in checksums if key.startswith(f"{L.HEAD}/")})
+        paths = sorted({array_path(key) for key in checksums if key.startswith(f"{group}/")})
         weights = {path.split("/", 1)[1]: self._whole(path) for path in paths}
-        check_document(self.group.store, self.attrs, f"{L.HEAD}/zarr.json", self.location)
-        return weights, dict(self.group[L.HEAD].attrs)
+        check_document(self.group.store, self.attrs, f"{group}/zarr.json", self.location)
+        try:
+            return weights, dict(self.group[group].attrs)
+        except KeyError:
+            raise corrupt(self.location, f"{group}/zarr.json", "missing") from None
 
     # -- reading ----------------------------------------------------------------------------
 

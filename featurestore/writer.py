@@ -82,6 +82,7 @@ class StoreWriter:
         meta: list[dict] | None = None,
         head: dict[str, np.ndarray] | None = None,
         head_config: dict | None = None,
+        blocks: tuple[dict[str, np.ndarray], dict] | None = None,
         resume: bool = False,
         attach: bool = False,
         shards: Iterable[int] | Callable[[Geometry], Iterable[int]] | None = None,
@@ -112,7 +113,8 @@ class StoreWriter:
             raise StoreError(f"{location} has not been created: nothing to attach to")
         else:
             self.geometry = Geometry.plan(tokens.n_tokens, spec.row_bytes(), chunk_mb)
-            self.group = self._create(meta, head, head_config, extra_attrs or {})
+            frozen = {L.HEAD: (head or {}, head_config or {}), **({L.BLOCKS: blocks} if blocks else {})}
+            self.group = self._create(meta, frozen, extra_attrs or {})
         self._arrays = {
             (k, name): self.group[L.layer_path(k, name)] for k in spec.layers for name in self.codec.parts()
         }
@@ -160,9 +162,10 @@ class StoreWriter:
             raise StoreError(f"{self.location} already holds this complete store; nothing to write")
         return attrs
 
-    def _create(self, meta, head, head_config, extra_attrs) -> zarr.Group:
-        """Creates the group, the token layout and head, then the layout manifest (which marks
-        creation done: a cut-off creation is simply redone)."""
+    def _create(self, meta, frozen: dict[str, tuple[dict, dict]], extra_attrs) -> zarr.Group:
+        """Creates the group, the token layout and the frozen weights (the head, the top blocks:
+        {group: (arrays, config)}), then the layout manifest (which marks creation done: a cut-off
+        creation is simply redone)."""
         spec, geo, tokens = self.spec, self.geometry, self.tokens
         group = zarr.open_group(self._store, mode="w")
         group.attrs.put(
@@ -192,10 +195,11 @@ class StoreWriter:
         group.create_array(L.META, shape=(tokens.n_examples,), dtype=str, chunks=(max(1, tokens.n_examples),),
                            compressors=[ZstdCodec(level=3, checksum=True)])
         group[L.META][:] = np.array(meta_strings, dtype=object)
-        head_group = group.require_group(L.HEAD)
-        head_group.attrs.put(head_config or {})
-        for name, weight in (head or {}).items():
-            self._array(head_group, name, np.asarray(weight), chunks=weight.shape)
+        for name, (arrays, config) in frozen.items():
+            weights = group.require_group(name)
+            weights.attrs.put(config)
+            for key, weight in arrays.items():
+                self._array(weights, key, np.asarray(weight), chunks=weight.shape)
         for k in spec.layers:
             for name, part in spec.codec.parts().items():
                 width = part.row_shape(spec.hidden_size)

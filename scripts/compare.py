@@ -275,10 +275,11 @@ def time_extraction(setup: Setup, out: Path) -> dict:
 def shape(setup: Setup, store: FeatureStore) -> dict:
     """What the FLOP count needs: the backbone's sizes, the answer tokens' share, every method's
     trainable weights (the top blocks' take their attention settings from the loaded backbone)."""
-    backbone = load_backbone(setup.model, device=setup.device).model
+    loaded = load_backbone(setup.model, device=setup.device)
+    backbone = loaded.model
     loss_mask = store.tokens(0, store.n_tokens, layers=[]).loss_mask
     configs = side_configs(store)
-    configs["top"] = replace(configs["top"], **top_settings(backbone))
+    configs["top"] = replace(configs["top"], **top_settings(loaded.top_blocks(1)[1]))
     trainable = {m: n_parameters(c) for m, c in configs.items()}
     trainable |= {m: flops.lora_weights(backbone, setup.lora_rank) for m in PEFT_METHODS}
     return {"shape": asdict(flops.Shape.of(backbone, loss_mask)), "trainable": trainable}
@@ -324,7 +325,7 @@ def probe(setup: Setup, method: str, store: FeatureStore, out: Path) -> None:
         return
     side = side_configs(store)["ladder" if method == "live-lst" else method]
     run = make_run(store, out, side, setup.side_lrs[0], setup, len(steps))
-    if method == "top":  # as fit() starts it: the backbone reloaded to copy its top blocks, then dropped
+    if method == "top":  # as fit() starts it: its blocks read from the store (or copied from the backbone reloaded)
         [spec], start = top_blocks(store, [RunSpec.at(out, side, OptimConfig(lr=setup.side_lrs[0]))])
         run = make_run(store, out, spec.side, setup.side_lrs[0], setup, len(steps))
         start(run.model)

@@ -24,11 +24,11 @@ def export_head(model: PreTrainedModel, family: Family) -> tuple[dict[str, np.nd
     decoder = model.get_decoder()
     norm, projection = family.norm_of(decoder), family.projection_of(decoder)
     lm_head = model.get_output_embeddings()
-    arrays = {"lm_head.weight": _numpy(_dense_weight(lm_head))}
+    arrays = {"lm_head.weight": _numpy(dense_weight(lm_head))}
     if isinstance(lm_head.bias, Tensor):
         arrays["lm_head.bias"] = _numpy(lm_head.bias)
     if projection is not None:
-        arrays["projection.weight"] = _numpy(_dense_weight(projection))
+        arrays["projection.weight"] = _numpy(dense_weight(projection))
     if isinstance(getattr(norm, "weight", None), Tensor):
         arrays["norm.weight"] = _numpy(norm.weight)
     if isinstance(getattr(norm, "bias", None), Tensor):
@@ -65,11 +65,11 @@ def _norm_config(norm: nn.Module, width: int, device: torch.device) -> dict:
     raise BackboneError(f"final norm {type(norm).__name__} is neither an RMSNorm nor a LayerNorm; not supported")
 
 
-def _dense_weight(linear: nn.Module) -> Tensor:
-    """A linear layer's weight, dequantised if bitsandbytes quantised it (it leaves lm_head alone by default)."""
+def dense_weight(module: nn.Module) -> Tensor:
+    """A module's weight, dequantised if bitsandbytes quantised it (it leaves lm_head alone by default)."""
     from transformers.integrations.bitsandbytes import dequantize_bnb_weight
 
-    return dequantize_bnb_weight(linear.weight, getattr(linear, "state", None))
+    return dequantize_bnb_weight(module.weight, getattr(module, "state", None))
 
 
 def _numpy(tensor: Tensor) -> np.ndarray:

@@ -21,11 +21,13 @@ from transformers import (
     AutoTokenizer,
     BitsAndBytesConfig,
     DynamicCache,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from ..errors import BackboneError
+from .blocks import export_top_blocks
 from .families import Family, family_of
 from .head import export_head
 from .packaged import PACKAGED_MODELS, locate_packaged
@@ -109,6 +111,10 @@ class Backbone:
         """The frozen head: everything between h_L and the logits (see :func:`.head.export_head`)."""
         return export_head(self.model, self.family)
 
+    def top_blocks(self, count: int) -> tuple[dict[str, np.ndarray], dict]:
+        """Its top ``count`` blocks and final norm (see :func:`.blocks.export_top_blocks`)."""
+        return export_top_blocks(self.model, count)
+
     @classmethod
     def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, model_id: str,
                    weights_hash: str, device: torch.device) -> Backbone:
@@ -125,6 +131,7 @@ class BackboneSource:
 
     source: str  # what from_pretrained takes
     info: dict
+    config: PretrainedConfig
     tokenizer: PreTrainedTokenizerBase
     dtype: torch.dtype
     device: torch.device
@@ -166,7 +173,7 @@ def resolve_backbone(model: str, *, quantization: str = "none", dtype: str = "au
         raise BackboneError(f"{config.model_type} hidden states exceed float16's range; use dtype bfloat16 or float32")
     weights = located.weights_hash or weights_hash(_local_weights(located))
     info = _describe(config, located.id, weights, torch_dtype, quantization)
-    return BackboneSource(located.source, info, _load_tokenizer(located.source), torch_dtype, torch_device,
+    return BackboneSource(located.source, info, config, _load_tokenizer(located.source), torch_dtype, torch_device,
                           quantization_config)
 
 

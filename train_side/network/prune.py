@@ -18,6 +18,7 @@ repeat its tapped ones). The backbone is needed only here, once, before training
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -93,42 +94,30 @@ def init_from_backbone(model: SideNetwork, backbone) -> SideNetwork:
     return model
 
 
-def top_settings(backbone) -> dict:
-    """The SideConfig settings of a ``top`` side network (the backbone's own top blocks): its heads,
-    key/value heads, RoPE base and norm epsilon."""
-    config = backbone.config.get_text_config()
-    return {**pruned_settings(backbone), "n_kv_heads": config.num_key_value_heads, "norm_eps": config.rms_norm_eps}
-
-
-def dense_weight(backbone, name: str) -> Tensor:
-    """The float32 weight of the backbone's module ``name``, dequantised if bitsandbytes holds it in 4 bits."""
-    weight = backbone.get_submodule(name).weight
-    if getattr(weight, "quant_state", None) is not None:
-        import bitsandbytes.functional as bnb
-
-        return bnb.dequantize_4bit(weight.data, weight.quant_state).float()
-    if not weight.is_floating_point():
-        raise SideConfigError(f"{name} is held in 8-bit integers, which a top side network cannot start from; "
-                              "extract with --quantization none or nf4")
-    return weight.float()
+def top_settings(blocks_config: dict) -> dict:
+    """The SideConfig settings of a ``top`` side network (the backbone's own top blocks), from the
+    config of its exported blocks (extract.backbones.blocks): heads, key/value heads, RoPE base, epsilon."""
+    return {k: blocks_config[k] for k in ("n_heads", "n_kv_heads", "rope_theta", "norm_eps")}
 
 
 @torch.no_grad()
-def copy_top_blocks(model: SideNetwork, backbone) -> SideNetwork:
-    """Overwrites a ``top`` side network with the backbone's top blocks and final norm (a Hugging Face
-    Llama-style model; 4-bit weights are dequantised), so that it starts as exactly the function from
-    h_{L-delta} to h_L that the backbone computes."""
+def copy_top_blocks(model: SideNetwork, blocks: dict[str, np.ndarray]) -> SideNetwork:
+    """Overwrites a ``top`` side network with the backbone's top blocks and final norm, exported by
+    extract.backbones.blocks (from the store, or from a reloaded backbone), so that it starts as
+    exactly the function from h_{L-delta} to h_L that the backbone computes."""
     c = model.config
     if c.kind != "top":
         raise SideConfigError(f"copy_top_blocks needs a side network of kind 'top', not {c.kind!r}")
+    w = lambda name: torch.from_numpy(np.asarray(blocks[f"{name}.weight"], dtype=np.float32))
     for side, b in zip(model.blocks, range(c.n_layers - c.delta, c.n_layers)):
-        w = lambda name: dense_weight(backbone, f"model.layers.{b}.{name}")
-        side.attn.qkv.weight.copy_(torch.cat([w("self_attn.q_proj"), w("self_attn.k_proj"), w("self_attn.v_proj")]))
-        side.attn.proj.weight.copy_(w("self_attn.o_proj"))
-        side.mlp.gate.weight.copy_(w("mlp.gate_proj"))
-        side.mlp.up.weight.copy_(w("mlp.up_proj"))
-        side.mlp.down.weight.copy_(w("mlp.down_proj"))
-        side.attn_norm.weight.copy_(w("input_layernorm"))
-        side.mlp_norm.weight.copy_(w("post_attention_layernorm"))
-    model.norm.weight.copy_(dense_weight(backbone, "model.norm"))
+        block = lambda name: w(f"layers.{b}.{name}")
+        side.attn.qkv.weight.copy_(torch.cat([block("self_attn.q_proj"), block("self_attn.k_proj"),
+                                              block("self_attn.v_proj")]))
+        side.attn.proj.weight.copy_(block("self_attn.o_proj"))
+        side.mlp.gate.weight.copy_(block("mlp.gate_proj"))
+        side.mlp.up.weight.copy_(block("mlp.up_proj"))
+        side.mlp.down.weight.copy_(block("mlp.down_proj"))
+        side.attn_norm.weight.copy_(block("input_layernorm"))
+        side.mlp_norm.weight.copy_(block("post_attention_layernorm"))
+    model.norm.weight.copy_(w("norm"))
     return model

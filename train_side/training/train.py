@@ -221,14 +221,24 @@ def fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: str
 
 def top_blocks(store: FeatureStore, specs: list[RunSpec]) -> tuple[list[RunSpec], Callable | None]:
     """The specs with each ``top`` side network given its backbone's attention settings, and the start
-    that copies the backbone's top blocks into a top network (None when there is none: then no
-    backbone is loaded). The backbone is reloaded exactly as the store was extracted, once."""
-    if not any(spec.side.kind == "top" for spec in specs):
+    that copies the backbone's top blocks into a top network (None when there is none)."""
+    deltas = [spec.side.delta for spec in specs if spec.side.kind == "top"]
+    if not deltas:
         return specs, None
-    backbone = reload_backbone(Provenance.load(store.attrs).model, device="cpu").model
-    settings = top_settings(backbone)
+    weights, config = top_block_weights(store, max(deltas))
+    settings = top_settings(config)
     specs = [replace(spec, side=replace(spec.side, **settings)) if spec.side.kind == "top" else spec for spec in specs]
-    return specs, lambda model: copy_top_blocks(model, backbone) if model.config.kind == "top" else None
+    return specs, lambda model: copy_top_blocks(model, weights) if model.config.kind == "top" else None
+
+
+def top_block_weights(store: FeatureStore, delta: int) -> tuple[dict, dict]:
+    """The backbone's top ``delta`` blocks (extract.backbones.blocks): from the store when it holds
+    them (no backbone loaded), else exported from the backbone reloaded once, exactly as extracted."""
+    stored = store.top_blocks()
+    if stored and stored[1]["first"] <= Provenance.load(store.attrs).model.n_layers - delta:
+        return stored
+    backbone = reload_backbone(Provenance.load(store.attrs).model, device="cpu")
+    return backbone.top_blocks(delta)
 
 
 @contextmanager

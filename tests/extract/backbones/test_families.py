@@ -52,6 +52,7 @@ def test_store_holds_the_models_states_and_its_head_gives_the_models_logits(tiny
     json.dumps(config)
     extra, scale = HEAD.get(family, ({"norm.weight"}, 1.0))
     assert set(weights) == {"lm_head.weight"} | extra and config["logit_scale"] == scale
+    assert (store.top_blocks() is not None) == (family == "llama")  # the side network's block is Llama's
     assert Provenance.load(store.attrs).backbone_sizes == {
         "n_layers": L, "hidden_size": D, "intermediate_size": WIDTHS.get(family, 128)}
     captured = []  # OPT-350m: the store keeps h_L before project_out, which the head applies

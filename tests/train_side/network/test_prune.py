@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from extract.backbones.blocks import export_top_blocks
 from train_side.network.model import KVCache, SideConfig, SideConfigError, SideNetwork
 from train_side.network.prune import copy_top_blocks, init_from_backbone, pruned_settings, source_blocks, top_settings
 
@@ -58,9 +59,10 @@ def test_refuses_head_counts_other_than_the_backbones():
 @pytest.mark.parametrize("delta", [1, 2])
 def test_top_blocks_start_as_the_backbone_from_their_input_to_its_output(delta):
     backbone = tiny_llama()
+    weights, blocks_config = export_top_blocks(backbone, delta)
     config = SideConfig(n_layers=3, hidden_size=64, intermediate_size=128, kind="top", delta=delta,
-                        **top_settings(backbone))
-    side = copy_top_blocks(SideNetwork(config), backbone)
+                        **top_settings(blocks_config))
+    side = copy_top_blocks(SideNetwork(config), weights)
     assert config.inputs == (3 - delta,) and config.width == 64 and config.kv_heads == 2
     ids = torch.randint(0, 97, (2, 9))
     with torch.no_grad():

@@ -1,7 +1,9 @@
 """A side network made of the backbone's own top blocks: it starts as exactly the backbone (its blocks
-copied once from the reloaded backbone), then trains from the store like any side network."""
+copied from the store, or once from the reloaded backbone when the store lacks them), then trains from
+the store like any side network."""
 
 import numpy as np
+import pytest
 import torch
 
 from extract.run import extract
@@ -9,12 +11,16 @@ from featurestore import FeatureStore
 from train_side import checkpoint
 from train_side.config import DataConfig, OptimConfig
 from train_side.network.model import SideConfig, SideNetwork
+from train_side.training import train as train_module
 from train_side.training.train import RunSpec, backbone_dims, top_blocks, train
 
 
-def test_a_top_side_network_starts_as_the_backbones_top_blocks_and_trains(tmp_path, tiny_llama):
-    store = FeatureStore.open(extract(str(tiny_llama), limit=8, root=tmp_path / "s", codec="fp32",
+@pytest.mark.parametrize("stored", [2, 0], ids=["blocks-from-the-store", "backbone-reloaded"])
+def test_a_top_side_network_starts_as_the_backbones_top_blocks_and_trains(tmp_path, tiny_llama, monkeypatch, stored):
+    store = FeatureStore.open(extract(str(tiny_llama), limit=8, root=tmp_path / "s", codec="fp32", top_blocks=stored,
                                       progress=False).store)
+    if stored:  # the store holds them: no backbone is loaded
+        monkeypatch.setattr(train_module, "reload_backbone", lambda *a, **k: pytest.fail("the backbone was loaded"))
     L_top = store.attrs["model"]["n_layers"]
     [spec], start = top_blocks(store, [RunSpec.at(tmp_path / "top", SideConfig(**backbone_dims(store), kind="top",
                                                                               delta=1))])
@@ -28,3 +34,16 @@ def test_a_top_side_network_starts_as_the_backbones_top_blocks_and_trains(tmp_pa
                 data=DataConfig(epochs=2, token_budget=256, val_fraction=0.25), device="cpu", progress=False)
     assert run.side.kind == "top" and run.side.heads == spec.side.heads and np.isfinite(run.val_loss)
     assert checkpoint.load_side(tmp_path / "run").config == run.side
+
+
+def test_a_store_with_fewer_blocks_than_delta_reloads_the_backbone_for_them(tmp_path, tiny_llama):
+    store = FeatureStore.open(extract(str(tiny_llama), limit=8, root=tmp_path / "s", codec="fp32", top_blocks=1,
+                                      progress=False).store)
+    [spec], start = top_blocks(store, [RunSpec.at(tmp_path / "top", SideConfig(**backbone_dims(store), kind="top",
+                                                                              delta=2))])
+    side = start(SideNetwork(spec.side))
+    L_top = store.attrs["model"]["n_layers"]
+    example = store.example(0, layers=[L_top - 2, L_top])
+    with torch.no_grad():
+        y = side({L_top - 2: torch.from_numpy(example.hidden[L_top - 2])[None]})[0]
+    torch.testing.assert_close(y, torch.from_numpy(example.hidden[L_top]), atol=1e-4, rtol=1e-4)
