@@ -354,7 +354,7 @@ def evaluate_method(setup: Setup, method: str, store: FeatureStore, checkpoint: 
             side = load_side(checkpoint, backbone.device)
         codec = get_codec("fp32" if method == "live-lst" else store.codec.spec)  # live LST saw raw states
         pipeline, tokenizer = Pipeline(backbone, head, side, codec), backbone.tokenizer
-    predictions, seconds = answer(pipeline, tokenizer, examples, provenance.template,
+    predictions, seconds = answer(pipeline, tokenizer, examples, provenance.template, labels=provenance.dataset.labels,
                                   max_new_tokens=setup.max_new_tokens, progress=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
@@ -595,6 +595,8 @@ def report(data: dict, out: Path) -> str:
     base = data.get("eval", {}).get("backbone")
     if base:
         lines.append(f"| backbone alone | - | {base['accuracy']:.1%} | {base['mean_cot_tokens']:.1f} | - | - | - | - |")
+        if "majority_accuracy" in base:  # a classification task: the floor of always giving the commonest label
+            lines.append(f"| majority label | - | {base['majority_accuracy']:.1%} | - | - | - | - | - |")
     for method, r in m.items():
         grid = ", ".join(f"{float(k):g}" for k in r["lrs"])
         lines.append(f"| {method} | {r['lr']:g} ({grid}) | {r['accuracy']:.1%} | {r['mean_cot_tokens']:.1f} | "
