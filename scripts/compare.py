@@ -3,13 +3,15 @@
     python scripts/compare.py                      # SmolLM2-135M on arith: 1,000 training / 200 test problems
     python scripts/compare.py --quick              # every method on a small budget (minutes)
     python scripts/compare.py --dataset my.jsonl --train-split 'train[:90%]' --test-split 'train[90%:]'
+    python scripts/compare.py --dataset docs/data/qnli.jsonl --train-split 'train[:1000]' --test-split 'train[1000:]'
     python scripts/compare.py --model ./my-llama --device cuda
     pip install -e .[baselines]                    # peft, for the qlora and lora rows
 
 Every method trains on the same examples, in the same batches and order, for the same number of
 optimizer steps (AdamW, linear warmup then cosine, clipping at 1.0), with the loss on answer
 tokens only; each gets the best learning rate of its grid by validation loss, then all are
-evaluated with the same greedy chain-of-thought generation on the same test problems:
+evaluated with the same greedy chain-of-thought generation on the same test problems (on a
+classification dataset, such as docs/data/qnli.jsonl, the label generated is scored):
 
     qlora     peft LoRA (r=16, alpha=32, every linear projection) on the bitsandbytes nf4 backbone,
               prepare_model_for_kbit_training, gradient checkpointing

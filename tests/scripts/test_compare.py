@@ -74,7 +74,7 @@ def test_compare_runs_every_method_on_a_tiny_model(tmp_path, tiny_llama):
 
 
 
-@pytest.mark.slow  # 7 fresh processes: about a minute
+@pytest.mark.slow  # 7 fresh processes: about 3 minutes
 def test_compare_scores_a_classification_file_on_its_labels(tmp_path, tiny_llama):
     rows = [{"question": f"Is {i} even? Choose one: yes, no", "answer": "no" if i % 2 else "yes"} for i in range(30)]
     data = tmp_path / "even.jsonl"
