@@ -81,6 +81,7 @@ class DatasetRef(Part):
     limit: int | None = None
     n_examples: int | None = None
     sha256: str | None = None
+    labels: list[str] | None = None  # a classification task's label words; None: answers are generated text
 
     def load(self, split: str, limit: int | None = None) -> list[Example]:
         """The first ``limit`` examples of ``split`` of this dataset, read as extract read the

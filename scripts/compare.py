@@ -3,13 +3,15 @@
     python scripts/compare.py                      # SmolLM2-135M on arith: 1,000 training / 200 test problems
     python scripts/compare.py --quick              # every method on a small budget (minutes)
     python scripts/compare.py --dataset my.jsonl --train-split 'train[:90%]' --test-split 'train[90%:]'
+    python scripts/compare.py --dataset docs/data/qnli.jsonl --train-split 'train[:1000]' --test-split 'train[1000:]'
     python scripts/compare.py --model ./my-llama --device cuda
     pip install -e .[baselines]                    # peft, for the qlora and lora rows
 
 Every method trains on the same examples, in the same batches and order, for the same number of
 optimizer steps (AdamW, linear warmup then cosine, clipping at 1.0), with the loss on answer
 tokens only; each gets the best learning rate of its grid by validation loss, then all are
-evaluated with the same greedy chain-of-thought generation on the same test problems:
+evaluated with the same greedy chain-of-thought generation on the same test problems (on a
+classification dataset, such as docs/data/qnli.jsonl, the label generated is scored):
 
     qlora     peft LoRA (r=16, alpha=32, every linear projection) on the bitsandbytes nf4 backbone,
               prepare_model_for_kbit_training, gradient checkpointing
@@ -355,7 +357,7 @@ def evaluate_method(setup: Setup, method: str, store: FeatureStore, checkpoint: 
             side = load_side(checkpoint, backbone.device)
         codec = get_codec("fp32" if method == "live-lst" else store.codec.spec)  # live LST saw raw states
         pipeline, tokenizer = Pipeline(backbone, head, side, codec), backbone.tokenizer
-    predictions, seconds = answer(pipeline, tokenizer, examples, provenance.template,
+    predictions, seconds = answer(pipeline, tokenizer, examples, provenance.template, labels=provenance.dataset.labels,
                                   max_new_tokens=setup.max_new_tokens, progress=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
@@ -596,6 +598,8 @@ def report(data: dict, out: Path) -> str:
     base = data.get("eval", {}).get("backbone")
     if base:
         lines.append(f"| backbone alone | - | {base['accuracy']:.1%} | {base['mean_cot_tokens']:.1f} | - | - | - | - |")
+        if "majority_accuracy" in base:  # a classification task: the floor of always giving the commonest label
+            lines.append(f"| majority label | - | {base['majority_accuracy']:.1%} | - | - | - | - | - |")
     for method, r in m.items():
         grid = ", ".join(f"{float(k):g}" for k in r["lrs"])
         lines.append(f"| {method} | {r['lr']:g} ({grid}) | {r['accuracy']:.1%} | {r['mean_cot_tokens']:.1f} | "

@@ -60,7 +60,7 @@ class GenerateConfig:
 
     max_new_tokens: int = field(default=128, metadata={  # eval's and SideModel's all along (generate had 256)
         "help": "Most tokens generated after a prompt (it stops earlier at EOS; eval also at a finished "
-                "'#### n' line).", "min": 1})
+                "'#### n' line, or a classification task's label line).", "min": 1})
     temperature: float = field(default=0.0, metadata={"help": "0: greedy; above 0: sampling.", "min": 0})
     top_p: float = field(default=1.0, metadata={
         "help": "Nucleus sampling mass: sample among the most likely tokens holding this probability.",

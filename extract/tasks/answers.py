@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+
+from .labels import normalise, predicted_label
 
 # A number as written in answers: optional minus (not a hyphen between digits), thousands commas, decimals.
 NUMBER = r"(?<![\d.])-?\d+(?:,\d{3}(?!\d))*(?:\.\d+)?"
@@ -22,16 +25,21 @@ def last_number(text: str) -> str | None:
     return numbers[-1].replace(",", "") if numbers else None
 
 
-def is_correct(text: str, reference: str) -> bool:
-    """Numeric exact match (``#### n``, else the last number) for numeric references; for labels,
-    the first line of the generation equals the label (case-insensitive)."""
+def is_correct(text: str, reference: str, labels: Sequence[str] | None = None) -> bool:
+    """Whether a generation gives the reference answer. With ``labels`` (a classification task),
+    the label it gives (:func:`.labels.predicted_label`) is the reference; otherwise numeric
+    exact match (``#### n``, else the last number) for a numeric reference, and for any other
+    the first line beginning with it."""
+    expected = None if labels else _number(reference)
+    if expected is None:
+        given = predicted_label(text, labels or [reference])
+        return given is not None and normalise(given) == normalise(reference)
+    predicted = _number(final_answer(text) or last_number(text) or "")
+    return predicted is not None and abs(predicted - expected) <= 1e-6 * max(1.0, abs(expected))
+
+
+def _number(text: str) -> float | None:
     try:
-        expected = float(reference)
+        return float(text)
     except ValueError:
-        lines = text.strip().splitlines()
-        return bool(lines) and lines[0].strip().lower() == reference.strip().lower()
-    predicted = final_answer(text) or last_number(text)
-    try:
-        return predicted is not None and abs(float(predicted) - expected) <= 1e-6 * max(1.0, abs(expected))
-    except ValueError:
-        return False
+        return None

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import DataError
 from . import arith
 from .examples import Example, examples_sha256, make_example
+from .labels import label_set
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}  # datasets builders
 
@@ -26,7 +27,9 @@ def load_examples(
     ``dataset`` is ``"arith"`` (the built-in generator; ``seed`` and ``limit`` set its content, its
     default size is ``arith.SIZES[split]``), a local .json/.jsonl/.parquet/.csv file (one ``"train"``
     split; slices such as ``"train[:90%]"`` work), or a Hugging Face hub id, optionally with its config
-    after a colon (``"openai/gsm8k:main"``). ``limit`` keeps the first ``limit`` examples.
+    after a colon (``"openai/gsm8k:main"``). ``limit`` keeps the first ``limit`` examples. A dataset
+    whose answers are a few label words is a classification task: its description lists them
+    under ``"labels"`` (see :mod:`.labels`).
     """
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive number of examples, not {limit}")
@@ -40,6 +43,9 @@ def load_examples(
         rows, description = _load_rows(dataset, split, config)
         examples = _examples(rows, question_field, answer_field, limit, dataset)
         description |= {"question_field": question_field, "answer_field": answer_field, "limit": limit}
+        labels = label_set(e.answer for e in examples)
+        if labels:  # a classification task (recorded only then: the fingerprints of other datasets are unchanged)
+            description["labels"] = labels
     if not examples:
         raise DataError(f"dataset {dataset!r} split {split!r} has no examples; check the file or split")
     return examples, description | {"n_examples": len(examples), "sha256": examples_sha256(examples)}

@@ -53,3 +53,11 @@ def test_a_dataset_reference_loads_with_its_recorded_fields(tmp_path):
         [e.question for e in load_examples("arith", "test", seed=3, limit=2)[0]]
     with pytest.raises(StoreError, match="which dataset"):
         DatasetRef().load("test")
+
+
+def test_a_classification_dataset_records_its_labels(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(f'{{"question": "Is {i} even?", "answer": "{"no" if i % 2 else "yes"}"}}\n' for i in range(6)))
+    reference = DatasetRef.from_json(load_examples(str(path))[1])
+    assert reference.labels == ["no", "yes"] and reference.to_json()["labels"] == ["no", "yes"]
+    assert DatasetRef.from_json({"dataset": "arith"}).labels is None

@@ -73,6 +73,29 @@ def test_compare_runs_every_method_on_a_tiny_model(tmp_path, tiny_llama):
     assert (tmp_path / "scaling.png").stat().st_size > 0 and "At equal training compute" in (tmp_path / "compare.md").read_text()
 
 
+
+@pytest.mark.slow  # 7 fresh processes: about 3 minutes
+def test_compare_scores_a_classification_file_on_its_labels(tmp_path, tiny_llama):
+    rows = [{"question": f"Is {i} even? Choose one: yes, no", "answer": "no" if i % 2 else "yes"} for i in range(30)]
+    data = tmp_path / "even.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    command = [sys.executable, "scripts/compare.py", "--model", str(tiny_llama), "--out", str(tmp_path / "out"),
+               "--dataset", str(data), "--train-split", "train[:24]", "--test-split", "train[24:]", "--methods",
+               "qlora,ladder", "--train-examples", "24", "--test-examples", "4", "--token-budget", "2048", "--max-new-tokens", "96"]
+    done = helpers.run(command, timeout=HANG, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "compare.json").read_text())
+    for method in ("backbone", "qlora", "ladder"):
+        evaluated = results["eval"][method]
+        assert evaluated["examples"] == 4 and evaluated["majority_accuracy"] == 0.5
+        predictions = [json.loads(line) for line in
+                       (tmp_path / "out" / "eval" / method / "predictions.jsonl").read_text().splitlines()]
+        assert all(p["label"] in ("no", "yes", None) and p["correct"] == (p["label"] == p["reference"])
+                   for p in predictions)
+        assert evaluated["accuracy"] == sum(p["correct"] for p in predictions) / 4
+        assert max(p["tokens"] for p in predictions) < 96  # stopped after the label, not at --max-new-tokens
+    assert "| majority label | - | 50.0% |" in (tmp_path / "out" / "compare.md").read_text()
+
 def test_claim_a_is_not_judged_where_neither_learns_and_shows_the_loss_gap():
     sys.path.insert(0, str(REPO / "scripts"))
     from compare import claims

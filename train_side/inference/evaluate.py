@@ -7,6 +7,7 @@ import json
 import resource
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from extract.backbones import same_backbone
 from extract.provenance import Provenance, Template
 from extract.tasks.answers import FINISHED_ANSWER, is_correct
 from extract.tasks.examples import Example
+from extract.tasks.labels import FINISHED_LABEL, max_label_tokens, predicted_label
 from extract.tasks.prompts import encode_prompt
 from featurestore import FeatureStore, get_codec
 from featurestore.errors import UserError
@@ -58,9 +60,10 @@ def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: st
     data = replace(provenance.dataset, dataset=dataset) if dataset else provenance.dataset
     examples = data.load(split, limit)
     predictions, seconds = answer(pipeline, backbone.tokenizer, examples, provenance.template, generation,
-                                  progress=progress)
+                                  labels=data.labels, progress=progress)
     metrics = {"model": "backbone" if backbone_only else trained.side.kind, "checkpoint": str(checkpoint),
-               "dataset": data.dataset, "split": split, **score(predictions, seconds), "decoding": generation.decoding,
+               "dataset": data.dataset, "split": split, **({"labels": data.labels} if data.labels else {}),
+               **score(predictions, seconds), "decoding": generation.decoding,
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
     out = Path(out) if out else Path(checkpoint) / ("eval-backbone" if backbone_only else "eval")
     out.mkdir(parents=True, exist_ok=True)
@@ -70,16 +73,23 @@ def evaluate(checkpoint: str | Path, *, backbone_only: bool = False, dataset: st
 
 
 def answer(pipeline, tokenizer, examples: list[Example], template: Template, generation: GenerateConfig | None = None,
-           *, progress: bool = True, **settings) -> tuple[list[dict], float]:
+           *, labels: list[str] | None = None, progress: bool = True, **settings) -> tuple[list[dict], float]:
     """Generates an answer to every example with ``pipeline`` (anything with ``start``, ``step``
     and ``device``, see :class:`.generate.Pipeline`), prompted with the store's ``template``,
     until EOS or a finished ``#### n`` line, ``generation.batch_size`` examples at a time
-    (``generation`` amended by ``settings`` as in :func:`evaluate`). Returns one scored
-    prediction per example, in order, and the seconds spent generating."""
+    (``generation`` amended by ``settings`` as in :func:`evaluate`). With ``labels`` (a
+    classification task, as the store's dataset records it) an answer ends with its first line,
+    within the tokens the longest label needs, and is scored on the label it gives. Returns one
+    scored prediction per example, in order, and the seconds spent generating."""
     generation = GenerateConfig.resolve(generation, **settings)
+    finished = FINISHED_ANSWER
+    if labels:
+        finished = FINISHED_LABEL
+        generation = replace(generation, max_new_tokens=min(generation.max_new_tokens,
+                                                            max_label_tokens(tokenizer, labels)))
     prompts = [encode_prompt(tokenizer, e.question, template.name) for e in examples]
     eos = template.eos_token_ids(tokenizer)
-    stop = lambda tokens: tokens[-1] in eos or bool(FINISHED_ANSWER.search(tokenizer.decode(tokens)))
+    stop = lambda tokens: tokens[-1] in eos or bool(finished.search(tokenizer.decode(tokens)))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batch similar lengths together
     generated: dict[int, list[int]] = {}
     start = time.perf_counter()
@@ -94,17 +104,22 @@ def answer(pipeline, tokenizer, examples: list[Example], template: Template, gen
     predictions = []
     for i, example in enumerate(examples):
         text = tokenizer.decode(generated[i], skip_special_tokens=True)
-        predictions.append({"id": example.meta["id"], "question": example.question, "reference": example.meta["final"],
-                            "generation": text, "correct": is_correct(text, example.meta["final"]),
-                            "tokens": len(generated[i])})
+        reference = example.meta["final"]
+        predictions.append({"id": example.meta["id"], "question": example.question, "reference": reference,
+                            "generation": text, **({"label": predicted_label(text, labels)} if labels else {}),
+                            "correct": is_correct(text, reference, labels), "tokens": len(generated[i])})
     return predictions, seconds
 
 
 def score(predictions: list[dict], seconds: float) -> dict:
-    """Accuracy, mean generated (chain-of-thought) tokens and generation speed of predictions."""
-    n_generated = sum(p["tokens"] for p in predictions)
-    return {"examples": len(predictions), "accuracy": sum(p["correct"] for p in predictions) / len(predictions),
-            "mean_cot_tokens": n_generated / len(predictions), "tokens_per_second": n_generated / seconds,
+    """Accuracy, mean generated (chain-of-thought) tokens and generation speed of predictions; for
+    a classification task also the majority baseline: the accuracy of always giving the commonest
+    reference label."""
+    n, n_generated = len(predictions), sum(p["tokens"] for p in predictions)
+    majority = {"majority_accuracy": max(Counter(p["reference"] for p in predictions).values()) / n} \
+        if "label" in predictions[0] else {}
+    return {"examples": n, "accuracy": sum(p["correct"] for p in predictions) / n, **majority,
+            "mean_cot_tokens": n_generated / n, "tokens_per_second": n_generated / seconds,
             "seconds": round(seconds, 2)}
 
 

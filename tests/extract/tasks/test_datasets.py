@@ -105,6 +105,14 @@ def test_field_mapping_limit_and_labels(tmp_path):
     assert [e.answer for e in examples] == ["True", "False", "True", "False"]
     assert [e.meta["final"] for e in examples] == ["True", "False", "True", "False"]
     assert description["question_field"] == "problem" and description["n_examples"] == 4
+    assert description["labels"] == ["False", "True"]  # a classification task, recorded as one
+
+
+def test_only_a_classification_task_records_labels(tmp_path):
+    assert "labels" not in load_examples(write(tmp_path / "data.jsonl", ROWS * 4))[1]  # worked answers
+    one_each = [{"question": f"Capital {i}?", "answer": city} for i, city in enumerate(["Paris", "Rome", "Oslo"])]
+    assert "labels" not in load_examples(write(tmp_path / "qa.jsonl", one_each))[1]  # answers that never repeat
+    assert "labels" not in load_examples("arith", limit=4)[1]
 
 
 def test_split_slices_and_missing_splits(tmp_path):

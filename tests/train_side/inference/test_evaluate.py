@@ -13,7 +13,8 @@ from featurestore import FeatureStore
 from train_side import checkpoint
 from train_side.backbone import BackboneError
 from train_side.cli import main
-from train_side.inference.evaluate import EvalError, evaluate, is_correct, teacher_forced_loss
+from extract.tasks.labels import max_label_tokens
+from train_side.inference.evaluate import EvalError, answer, evaluate, is_correct, score, teacher_forced_loss
 from tests.train_side.generation import assert_cached_generation_equals_recomputation
 from train_side.config import DataConfig
 from train_side.inference.generate import Pipeline, left_pad
@@ -125,3 +126,65 @@ def test_teacher_forced_loss_needs_no_backbone(trained, stores, monkeypatch):
     assert result.exit_code == 0 and f"{loss:.4f}" in result.output
     with pytest.raises(EvalError, match="codec differs"):
         teacher_forced_loss(trained, stores["fp32"])
+
+
+class Scripted:
+    """A pipeline that writes ``script`` (token ids) whatever the prompt: one token per step."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, script: list[int], vocab: int):
+        self.script, self.vocab = script, vocab
+
+    def start(self) -> dict:
+        return {"step": 0}
+
+    def step(self, input_ids, attention_mask, caches):
+        logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], self.vocab)
+        logits[:, -1, self.script[min(caches["step"], len(self.script) - 1)]] = 1.0
+        caches["step"] += 1
+        return logits
+
+
+@pytest.mark.parametrize("written, generation, label", [
+    (" yes\nbecause it says so", " yes\n", "yes"),  # stops once the first line is written
+    (" no.\n", " no.\n", "no"),
+    (" yesterday it was", " yesterd", None),  # stops within the longest label's tokens (and slack): 8
+])
+def test_a_classification_answer_ends_with_its_label_line(written, generation, label):
+    from extract.provenance import Template
+    from extract.tasks.examples import make_example
+    from tokenizers import decoders
+
+    from tests.models import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()  # one token per byte
+    tokenizer.backend_tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.pad_token = tokenizer.eos_token
+    pipeline = Scripted(tokenizer.encode(written), len(tokenizer))
+    examples = [make_example("Is the sky blue?", "yes", 0), make_example("Is grass red?", "no", 1)]
+    labels = ["no", "yes"]
+    predictions, _ = answer(pipeline, tokenizer, examples, Template(), labels=labels, progress=False)
+    assert max_label_tokens(tokenizer, labels) == len(" yes") + 4
+    assert [p["generation"] for p in predictions] == [generation] * 2 and predictions[0]["label"] == label
+    assert [p["correct"] for p in predictions] == [label == "yes", label == "no"]
+    assert score(predictions, 1.0)["majority_accuracy"] == 0.5
+
+
+def test_a_classification_file_is_extracted_trained_and_scored_on_its_labels(tiny_llama, tmp_path):
+    rows = [{"question": f"Is {i} even? Choose one: yes, no", "answer": "no" if i % 2 else "yes"} for i in range(14)]
+    data = tmp_path / "even.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    store = extract(str(tiny_llama), dataset=str(data), split="train[:10]", root=tmp_path / "stores", progress=False)
+    assert store.n_examples == 10
+    assert FeatureStore.open(store.store).attrs["dataset"]["labels"] == ["no", "yes"]
+    run = tmp_path / "ladder"
+    train(store.store, run, side={"side_width": 16, "n_heads": 2}, data=DataConfig(epochs=1, val_fraction=0.2),
+          progress=False)
+    metrics = evaluate(run, split="train[10:]", batch_size=2, out=tmp_path / "eval", progress=False)
+    assert metrics["labels"] == ["no", "yes"] and metrics["examples"] == 4 and metrics["majority_accuracy"] == 0.5
+    predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    tokenizer = load_backbone(str(tiny_llama)).tokenizer
+    assert all(1 <= p["tokens"] <= max_label_tokens(tokenizer, ["no", "yes"]) for p in predictions)
+    assert all(p["label"] in ("no", "yes", None) and p["correct"] == (p["label"] == p["reference"]) for p in predictions)
+    assert metrics["accuracy"] == sum(p["correct"] for p in predictions) / 4
