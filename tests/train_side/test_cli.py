@@ -44,6 +44,8 @@ def test_eval_and_generate_take_every_generation_setting_with_its_one_default():
         assert {k: defaults[k] for k in expected} == expected and not skipped & defaults.keys()
     assert GenerateConfig().decoding == "greedy"
     assert GenerateConfig.resolve(temperature=0.7, top_k=20).decoding == "T=0.7, top_p=1.0, top_k=20"
+    assert GenerateConfig.resolve(min_new_tokens=4, repetition_penalty=1.2).decoding == \
+        "greedy, min_new_tokens=4, repetition_penalty=1.2"
 
 
 def test_a_grid_key_may_be_any_name_of_a_flag():
