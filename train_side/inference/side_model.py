@@ -4,13 +4,15 @@
 
     model = SideModel.from_pretrained("runs/ladder")          # or "hf://ORG/NAME"
     ids = model.tokenizer(model.format("What is 12 * 7?"), return_tensors="pt").input_ids
-    out = model.generate(ids, max_new_tokens=128, streamer=TextStreamer(model.tokenizer, skip_prompt=True))
+    streamer = TextStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    out = model.generate(ids, max_new_tokens=128, streamer=streamer)
 
 ``from_pretrained`` reloads exactly the backbone the run's store was extracted from (weights,
 quantization, dtype; another is refused, as ``train_side eval`` does). ``model(input_ids)`` gives
 logits; ``generate`` takes ``transformers``' usual generation arguments and runs the project's own
 generation loop (:func:`.generate.generate`, the one ``train_side eval`` runs), so its tokens are
-those of ``eval`` for the same prompts and seed.
+those of ``eval`` for the same prompts and seed. A ``SideModel`` is a torch module, so it also runs
+inside ``transformers.pipeline("text-generation", model=model, tokenizer=model.tokenizer)``.
 
 Why not ``transformers.GenerationMixin``: a step here is backbone (its KV cache) -> codec
 round-trip -> side network (a second KV cache) -> frozen head. GenerationMixin owns one cache
