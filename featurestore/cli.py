@@ -224,8 +224,8 @@ def _copy(source: str, dest: str, allow_incomplete: bool) -> None:
         click.echo(f"{dest} already holds this complete store")
         return
     state = "complete" if done.complete else "incomplete, like its source"
-    click.echo(f"{done.copied} objects copied ({human_bytes(done.nbytes)}), {done.present} already there; every checksum "
-               f"matches; {dest} is {state}")
+    click.echo(f"{done.copied} objects copied ({human_bytes(done.nbytes)}), {done.present} already there; "
+               f"every checksum matches; {dest} is {state}")
 
 
 @main.command()

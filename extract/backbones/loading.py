@@ -129,7 +129,7 @@ class BackboneSource:
     dtype: torch.dtype
     device: torch.device
     quantization_config: BitsAndBytesConfig | None
-    stored_as: str = "float32"  # the weights' dtype in their files, "gguf" for a packaged model: how its head compresses
+    stored_as: str = "float32"  # the weights' dtype in their files ("gguf": a packaged model): how the head compresses
     converted: Path | None = None  # a packaged model's directory, converted from its GGUF while resolving
 
     def load(self) -> Backbone:

@@ -81,5 +81,6 @@ def test_extract_and_info_count_bytes_per_token_alike(tmp_path, tiny_llama):
         return next(row.removeprefix(key).strip() for row in output.splitlines() if row.startswith(key))
 
     assert line(extracted.output, "bytes/token") == line(info.output, "bytes/token")
-    assert "of hidden states" in line(info.output, "bytes/token") and "of the whole store" in line(info.output, "bytes/token")
+    counted = line(info.output, "bytes/token")
+    assert "of hidden states" in counted and "of the whole store" in counted
     assert line(extracted.output, "size").startswith(line(info.output, "size on disk"))
