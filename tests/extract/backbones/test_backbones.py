@@ -494,6 +494,7 @@ def test_a_cache_dir_named_models_holds_them_directly_and_old_copies_are_found(t
     doubled = tmp_path / "models" / "models" / directory.name  # where an earlier version converted it
     doubled.parent.mkdir()
     directory.rename(doubled)
+    caplog.clear()  # the first conversion's record
     with caplog.at_level(logging.WARNING, logger="extract.backbones.packaged"):
         assert packaged_model_dir("tiny-gguf") == doubled
     assert not caplog.records  # found, not converted again
