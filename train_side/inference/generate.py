@@ -28,7 +28,11 @@ class Pipeline:
 
     def __init__(self, backbone: Backbone, head: FrozenHead, side: SideNetwork | None = None, codec: Codec | None = None):
         self.backbone, self.head, self.side, self.codec = backbone, head, side, codec
-        self.device = backbone.device
+
+    @property
+    def device(self) -> torch.device:
+        """The backbone's: a SideModel moved with ``.to()`` moves it."""
+        return self.backbone.device
 
     def start(self) -> dict:
         """Fresh caches for one batch of sequences."""

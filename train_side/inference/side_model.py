@@ -149,7 +149,7 @@ class SideModel(torch.nn.Module):
     def _apply(self, fn, recurse: bool = True):
         """``.to(device)``, ``.cuda()``, ``.cpu()``: every submodule moves, and generation follows."""
         super()._apply(fn, recurse)
-        self.pipeline.device = self.backbone.device = self.head.weight.device
+        self.backbone.device = self.head.weight.device
         return self
 
     def to(self, *args, **kwargs) -> SideModel:
