@@ -41,10 +41,14 @@ def main(**options) -> None:
         raise click.ClickException("interrupted; finished shards are kept: rerun with --resume to continue") from None
     if not Ranks.from_env().leader:
         return  # rank 0 reports for every rank
+    if result.converted is not None:  # the one thing a dry run writes: the model's tokenizer and config are in it
+        click.echo(f"converted the packaged {result.converted.name.rsplit('-', 1)[0]} into {result.converted} "
+                   "(once: later runs reuse it)", err=True)
     if result.dry_run:
         click.echo("\n".join(result.estimate.lines()))
         click.echo(f"cache hit: {result.store} already holds this store" if result.cached
-                   else f"would write {result.store} (fingerprint {result.fingerprint[:12]}); nothing was loaded or written")
+                   else f"would write {result.store} (fingerprint {result.fingerprint[:12]}); no weights were "
+                        "loaded and no store written")
         return
     if result.cached:
         click.echo(f"cache hit: {result.store} already holds this store (fingerprint {result.fingerprint[:12]}); "
@@ -56,13 +60,15 @@ def main(**options) -> None:
     if result.n_skipped:
         click.echo(f"warning: {result.n_skipped} examples skipped (too long, or no answer left within --max-length)",
                    err=True)
-    from featurestore.storage import size_on_disk
+    from featurestore import FeatureStore, inventory
 
-    size = size_on_disk(result.store)
+    store = FeatureStore.open(result.store)
+    footprint = inventory.Footprint.measure(store.group.store, store.attrs)
     kept = result.n_tokens - result.computed_tokens  # a resume keeps the shards finished before
     resumed = f" ({result.computed_tokens:,} computed now, {kept:,} kept from before)" if kept > 0 else ""
     click.echo(f"extracted {result.n_examples:,} examples, {result.n_tokens:,} tokens{resumed} "
                f"in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s computed)")
-    click.echo(f"store        {result.store}\nfingerprint  {result.fingerprint}\n"
-               f"size         {size / 2**20:.1f} MB ({size / result.n_tokens:,.0f} bytes/token)")
+    click.echo(f"store        {result.store}\nfingerprint  {result.fingerprint}\nsize         {footprint.size()} "
+               f"(estimated {inventory.human_bytes(result.estimate.store_bytes)})\n"
+               f"bytes/token  {footprint.per_token(result.n_tokens, len(store.layers))}")
 

@@ -42,7 +42,8 @@ class Extraction:
     computed_tokens: int
     seconds: float
     estimate: Estimate | None = None  # what extract.estimate projected before it ran
-    dry_run: bool = False  # only estimated: nothing was loaded or written
+    dry_run: bool = False  # only estimated: no weights were loaded and no store written
+    converted: Path | None = None  # a packaged model's GGUF converted into the cache on the way (dry run or not)
 
     @property
     def tokens_per_second(self) -> float:
@@ -96,9 +97,11 @@ def extract(config: ExtractConfig | str | None = None, *, progress: bool = True,
     fingerprint = spec.fingerprint(layout.tokens)
     new_store = root / (config.name or store_name(config.model, dataset_info, fingerprint))
     projected = estimate(layout.tokens.n_tokens // ranks.world_size, source.info, spec.layers, spec.codec.name,
-                         str(source.device), config.encode)
+                         str(source.device), config.encode, stored_as=source.stored_as,
+                         top_blocks=spec.source.get("top_blocks") or 0)
     result = dict(fingerprint=fingerprint, n_examples=layout.tokens.n_examples, n_tokens=layout.tokens.n_tokens,
-                  n_truncated=layout.n_truncated, n_skipped=layout.n_skipped, estimate=projected)
+                  n_truncated=layout.n_truncated, n_skipped=layout.n_skipped, estimate=projected,
+                  converted=source.converted)
     if config.dry_run:
         found = catalog.find(root, fingerprint) if root.is_dir() else None
         complete = bool(found and found[1].get("complete"))

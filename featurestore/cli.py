@@ -9,6 +9,7 @@ import click
 from tqdm import tqdm
 
 from . import catalog, inventory
+from .inventory import human_bytes
 from .reader import FeatureStore
 from .remote import REMOTE_CACHE_ENV
 from .errors import UserError
@@ -73,13 +74,6 @@ def _sizes(store: FeatureStore) -> tuple[dict[str, int], list[inventory.Section]
     return inventory.sizes(store.group.store, store.attrs, found), found
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
 def _describe(value) -> str:
     """A one-line summary of a source entry (model, dataset, ...) whatever its schema."""
     if not isinstance(value, dict):
@@ -100,13 +94,12 @@ def _progress(store: FeatureStore, found: list[inventory.Section]) -> str:
 @click.argument("store")
 @cache_option
 def info(store: str) -> None:
-    """Describe STORE: model, dataset, layers, codec, tokens, size on disk, bytes/token, complete."""
+    """Describe STORE: model, dataset, layers, codec, tokens, size on disk (hidden states, frozen
+    head, the rest), bytes/token, complete."""
     fs = _open(store)
     a = fs.attrs
     sizes, found = _sizes(fs)
-    size = sum(sizes.values())
-    part_size = lambda part: sum(n for key, n in sizes.items() if key.startswith(f"{part}/"))
-    per_token = part_size("layers") + part_size("tokens")
+    footprint = inventory.Footprint.of(sizes)
     layers = list(fs.layers)
     rows = [
         ("store", store),
@@ -123,9 +116,8 @@ def info(store: str) -> None:
         ("tokens", f"{fs.n_tokens:,} ({int(fs.lengths.mean()) if fs.n_examples else 0} per example)"),
         *([("top blocks", f"the backbone's top {a['top_blocks']}, for side networks of kind top")]
           if a.get("top_blocks") else []),
-        ("size on disk", f"{_human(size)} (of which the frozen head {_human(part_size('head'))}"
-                         + (f", the top blocks {_human(part_size('blocks'))})" if a.get("top_blocks") else ")")),
-        ("bytes/token", f"{per_token / fs.n_tokens:,.0f} ({per_token / fs.n_tokens / len(layers):,.0f} per layer)"),
+        ("size on disk", footprint.size()),
+        ("bytes/token", footprint.per_token(fs.n_tokens, len(layers))),
         ("created", f"{a.get('created', '?')} by ladder-cache {a.get('tool_version', '?')}"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -166,7 +158,7 @@ def ls(root: str) -> None:
         a = s.attrs
         rows.append((Path(location).name, _describe(a.get("model", "?")), _describe(a.get("dataset", "?")),
                      f"{s.n_examples:,}", f"{s.n_tokens:,}", str(len(s.layers)), s.codec.name,
-                     _human(sum(_sizes(s)[0].values())), "yes" if s.complete else "NO", s.fingerprint[:12]))
+                     human_bytes(sum(_sizes(s)[0].values())), "yes" if s.complete else "NO", s.fingerprint[:12]))
     if not rows:
         click.echo(f"no feature stores in {root}")
         return
@@ -234,8 +226,8 @@ def _copy(source: str, dest: str, allow_incomplete: bool) -> None:
         click.echo(f"{dest} already holds this complete store")
         return
     state = "complete" if done.complete else "incomplete, like its source"
-    click.echo(f"{done.copied} objects copied ({_human(done.nbytes)}), {done.present} already there; every checksum "
-               f"matches; {dest} is {state}")
+    click.echo(f"{done.copied} objects copied ({human_bytes(done.nbytes)}), {done.present} already there; "
+               f"every checksum matches; {dest} is {state}")
 
 
 @main.command()

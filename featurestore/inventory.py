@@ -77,3 +77,53 @@ def sizes(store: Store, attrs: dict, found: list[Section]) -> dict[str, int]:
     """{object key: bytes} of every object."""
     keys = objects(attrs, found)
     return dict(zip(keys, object_sizes(store, keys)))
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """A store's bytes by what they hold: the hidden states (``layers/``), the frozen head
+    (``head/``), the rest (token layout, examples' metadata, manifests, zarr metadata) and the
+    backbone's top blocks (``blocks/``, when kept). What ``extract`` estimates and reports and
+    ``featurestore info`` shows, in the same words."""
+
+    hidden: float
+    head: float
+    rest: float
+    blocks: float = 0.0
+
+    @classmethod
+    def of(cls, sizes: dict[str, int]) -> Footprint:
+        """The footprint of a store's ``{object key: bytes}`` (see :func:`sizes`)."""
+        part = lambda prefix: sum(n for key, n in sizes.items() if key.startswith(prefix))
+        hidden, head, blocks = part("layers/"), part(f"{L.HEAD}/"), part(f"{L.BLOCKS}/")
+        return cls(hidden, head, sum(sizes.values()) - hidden - head - blocks, blocks)
+
+    @classmethod
+    def measure(cls, store: Store, attrs: dict) -> Footprint:
+        """The footprint of the store in ``store`` (its root attributes ``attrs``), from its manifests."""
+        return cls.of(sizes(store, attrs, sections(store, attrs)))
+
+    @property
+    def total(self) -> float:
+        return self.hidden + self.head + self.rest + self.blocks
+
+    def size(self) -> str:
+        """``161.5 MB: hidden states 89.2 MB, frozen head 72.2 MB, tokens and metadata 0.1 MB``."""
+        blocks = f"top blocks {human_bytes(self.blocks)}, " if self.blocks else ""
+        return (f"{human_bytes(self.total)}: hidden states {human_bytes(self.hidden)}, frozen head "
+                f"{human_bytes(self.head)}, {blocks}tokens and metadata {human_bytes(self.rest)}")
+
+    def per_token(self, n_tokens: int, n_layers: int) -> str:
+        """Bytes per token of the hidden states (and per stored layer), then of the whole store."""
+        n = max(n_tokens, 1)
+        return (f"{self.hidden / n:,.0f} of hidden states ({self.hidden / n / max(n_layers, 1):,.0f} per layer); "
+                f"{self.total / n:,.0f} of the whole store")
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KB'; whole bytes below 1 KB."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return ""

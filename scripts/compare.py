@@ -95,22 +95,26 @@ TIMED_EXAMPLES = 200  # and the extraction over this many training examples
 class Setup:
     """One comparison: the backbone, the data and the budget every method gets."""
 
-    model: str = "smollm2-135m"
-    dataset: str = "arith"
-    train_split: str = "train"
-    test_split: str = "test"
-    train_examples: int = 1000
-    test_examples: int = 200
-    epochs: int = 1
-    token_budget: int = 1024
-    val_fraction: float = 0.05
-    max_new_tokens: int = 96
-    device: str = "cpu"
-    quantization: str = "none"  # of the backbone the store and live LST use (qlora is always nf4)
-    peft_lrs: list[float] = field(default_factory=lambda: [2e-4, 1e-3])
-    side_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
-    lora_rank: int = 16
-    seed: int = 0
+    model: str = field(default="smollm2-135m", metadata={
+        "help": "The backbone: a packaged alias, a directory or a hub id."})
+    dataset: str = field(default="arith", metadata={"help": "arith, a local .json/.jsonl/.parquet/.csv or a hub id."})
+    train_split: str = field(default="train", metadata={"help": "The split every method trains on."})
+    test_split: str = field(default="test", metadata={"help": "The split every method is evaluated on."})
+    train_examples: int = field(default=1000, metadata={"help": "First N examples of the training split."})
+    test_examples: int = field(default=200, metadata={"help": "First N examples of the test split."})
+    epochs: int = field(default=1, metadata={"help": "Passes over the training examples, for every method."})
+    token_budget: int = field(default=1024, metadata={"help": "Padded tokens per batch, for every method."})
+    val_fraction: float = field(default=0.05, metadata={"help": "Held out for the validation loss (picks the lr)."})
+    max_new_tokens: int = field(default=96, metadata={"help": "Most tokens generated per test answer."})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda[:N], for every method."})
+    quantization: str = field(default="none", metadata={  # qlora's backbone is always nf4
+        "help": "Of the backbone the store and live LST use: none, nf4, fp4 or int8."})
+    peft_lrs: list[float] = field(default_factory=lambda: [2e-4, 1e-3], metadata={
+        "help": "The lr grid of qlora and lora, comma-separated."})
+    side_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2], metadata={
+        "help": "The lr grid of the side networks and the top blocks, comma-separated."})
+    lora_rank: int = field(default=16, metadata={"help": "LoRA rank of qlora and lora."})
+    seed: int = field(default=0, metadata={"help": "Seed of initialisations and the batch order."})
 
     @property
     def data(self) -> DataConfig:
@@ -780,7 +784,8 @@ def plot(data: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The command line: its own options, then one per field of Setup (with the field's help)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="runs/compare", help="Directory of the results (a rerun continues).")
@@ -794,11 +799,15 @@ def main() -> None:
     parser.add_argument("--levers", action="store_true",
                         help="Then train and evaluate the Ladder with each lever: " + "; ".join(LEVERS))
     for f in Setup.__dataclass_fields__.values():
-        if f.name in ("peft_lrs", "side_lrs"):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=lambda s: [float(x) for x in s.split(",")])
-        else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(Setup(), f.name)))
-    args = parser.parse_args()
+        kind = (lambda s: [float(x) for x in s.split(",")]) if f.name in ("peft_lrs", "side_lrs") else \
+            type(getattr(Setup(), f.name))
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind,
+                            help=f"{f.metadata['help']} (default: {getattr(Setup(), f.name)})")
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     if args.worker:
         serve_job(args.worker, worker)
         return

@@ -114,12 +114,12 @@ def sweep_cmd(grid_options, grid_file, jobs, **o) -> None:
 @click.argument("checkpoint")
 @click.option("--backbone-only", is_flag=True, help="Evaluate the checkpoint's backbone alone (the baseline).")
 @click.option("--dataset", default=None, help="Default: the dataset of the checkpoint's store.")
-@click.option("--split", default="test")
+@click.option("--split", default="test", help="The split of the dataset to answer (e.g. test, train[:10%]).")
 @click.option("--limit", type=int, default=None, help="First N examples of the split.")
 @config_options(GenerateConfig)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Where predictions.jsonl and metrics.json go (default: CHECKPOINT/eval[-backbone]).")
-@click.option("--device", default="auto")
+@click.option("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N].")
 def eval_cmd(checkpoint, **options) -> None:
     """Generate chain-of-thought answers with the backbone reloaded exactly as the checkpoint's
     store was extracted, the side network on top, and score them: exact-match accuracy (GSM8K

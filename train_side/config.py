@@ -66,6 +66,12 @@ class GenerateConfig:
         "help": "Nucleus sampling mass: sample among the most likely tokens holding this probability.",
         "min": 0, "min_open": True, "max": 1})
     top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens (0: all).", "min": 0})
+    min_new_tokens: int = field(default=0, metadata={
+        "help": "EOS cannot end an answer before this many new tokens (its logits are -inf until then).", "min": 0})
+    repetition_penalty: float = field(default=1.0, metadata={
+        "help": "Penalise tokens already in the prompt or the answer: their positive logits are divided by it, "
+                "their negative ones multiplied (1: off; as transformers' repetition_penalty).",
+        "min": 0, "min_open": True})
     seed: int = field(default=0, metadata={"help": "Sampling seed (the same seed repeats the same text)."})
     batch_size: int = field(default=16, metadata={
         "help": "Prompts generated together (left-padded).", "min": 1})
@@ -78,7 +84,12 @@ class GenerateConfig:
 
     @property
     def decoding(self) -> str:
-        """How tokens are chosen, in words: ``greedy`` or ``T=0.7, top_p=0.9[, top_k=20]``."""
-        if self.temperature == 0:
-            return "greedy"
-        return f"T={self.temperature}, top_p={self.top_p}" + (f", top_k={self.top_k}" if self.top_k else "")
+        """How tokens are chosen, in words: ``greedy`` or ``T=0.7, top_p=0.9[, top_k=20]``, then
+        the EOS and repetition settings that are not off."""
+        words = "greedy" if self.temperature == 0 else \
+            f"T={self.temperature}, top_p={self.top_p}" + (f", top_k={self.top_k}" if self.top_k else "")
+        if self.min_new_tokens:
+            words += f", min_new_tokens={self.min_new_tokens}"
+        if self.repetition_penalty != 1:
+            words += f", repetition_penalty={self.repetition_penalty}"
+        return words

@@ -136,6 +136,8 @@ class BackboneSource:
     dtype: torch.dtype
     device: torch.device
     quantization_config: BitsAndBytesConfig | None
+    stored_as: str = "float32"  # the weights' dtype in their files ("gguf": a packaged model): how the head compresses
+    converted: Path | None = None  # a packaged model's directory, converted from its GGUF while resolving
 
     def load(self) -> Backbone:
         """The model itself: eval mode, no gradients, on ``device``."""
@@ -173,8 +175,9 @@ def resolve_backbone(model: str, *, quantization: str = "none", dtype: str = "au
         raise BackboneError(f"{config.model_type} hidden states exceed float16's range; use dtype bfloat16 or float32")
     weights = located.weights_hash or weights_hash(_local_weights(located))
     info = _describe(config, located.id, weights, torch_dtype, quantization)
+    stored_as = "gguf" if model in PACKAGED_MODELS else str(getattr(config, "dtype", None) or "float32")
     return BackboneSource(located.source, info, config, _load_tokenizer(located.source), torch_dtype, torch_device,
-                          quantization_config)
+                          quantization_config, stored_as.removeprefix("torch."), located.converted)
 
 
 def load_backbone(model: str, *, quantization: str = "none", dtype: str = "auto", device: str = "auto") -> Backbone:
@@ -193,12 +196,13 @@ class _Located(NamedTuple):
     source: str  # what from_pretrained takes
     directory: Path  # where the files are (or will be, for a hub id): its snapshot in the HF cache
     weights_hash: str | None  # when known without hashing the directory's files
+    converted: Path | None = None  # written just now: a packaged model's GGUF converted into the cache
 
 
 def _locate(model: str) -> _Located:
     if model in PACKAGED_MODELS:
-        directory, sha = locate_packaged(model)
-        return _Located(model, str(directory), directory, sha)
+        directory, sha, converted = locate_packaged(model)
+        return _Located(model, str(directory), directory, sha, directory if converted else None)
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -58,8 +58,16 @@ def packaged_model_dir(alias: str) -> Path:
     return locate_packaged(alias)[0]
 
 
-def locate_packaged(alias: str) -> tuple[Path, str]:
-    """(converted directory, the GGUF file's sha256) of a packaged alias."""
+def models_dir() -> Path:
+    """Where packaged models are converted: ``<cache root>/models``, or the cache root itself when it
+    is already named ``models`` (``LADDER_CACHE_DIR=~/models``): never ``models/models``."""
+    root = cache_root()
+    return root if root.name == "models" else root / "models"
+
+
+def locate_packaged(alias: str) -> tuple[Path, str, bool]:
+    """(converted directory, the GGUF file's sha256, whether it was converted just now) of a
+    packaged alias."""
     packaged = PACKAGED_MODELS[alias]
     try:
         gguf_path = packaged.locate()
@@ -68,10 +76,14 @@ def locate_packaged(alias: str) -> tuple[Path, str]:
     if not gguf_path.is_file():
         raise BackboneError(f"model {alias!r}: {gguf_path} is missing; reinstall with {packaged.install}")
     sha = file_sha256(gguf_path)
-    directory = cache_root() / "models" / f"{alias}-{sha[:16]}"
-    if not directory.is_dir():
+    name = f"{alias}-{sha[:16]}"
+    directory = models_dir() / name
+    if not directory.is_dir() and (cache_root() / "models" / name).is_dir():  # converted by an earlier version
+        directory = cache_root() / "models" / name
+    converted = not directory.is_dir()
+    if converted:
         _convert_gguf(gguf_path, directory, provenance={"alias": alias, "gguf_sha256": sha})
-    return directory, sha
+    return directory, sha, converted
 
 
 def _convert_gguf(gguf_path: Path, directory: Path, provenance: dict) -> None:

@@ -126,3 +126,27 @@ def test_equal_compute_claims_interpolate_qlora_in_log_compute():
     assert verdict == "holds" and "1x: -10.0 points; 2x: -2.0 points" in numbers  # QLoRA: 60% at 2e12
     assert rows["ladder's loss falls with compute at least 3/4 as fast as QLoRA's (the paper: matches its slope)"][0] == "does not hold"
     assert rows["target: Ladder validation loss <= 1.5x QLoRA's at the largest budget"][0] == "does not hold"
+
+
+def test_every_option_of_compare_says_what_it_does():
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    import argparse
+
+    undocumented = [action.dest for action in compare.arguments()._actions if not action.help]
+    assert not undocumented
+    assert [a.help for a in compare.arguments()._actions if a.dest == "worker"] == [argparse.SUPPRESS]
+
+
+def test_compare_exit_codes_usage_errors_2_the_rest_1(tmp_path):
+    def run(*args):
+        return helpers.run([sys.executable, "scripts/compare.py", "--out", str(tmp_path), *args], timeout=120,
+                           cwd=REPO, capture_output=True, text=True)
+
+    bad_value = run("--epochs", "many")
+    assert bad_value.returncode == 2 and "--epochs" in bad_value.stderr
+    unknown = run("--methods", "magic")
+    assert unknown.returncode == 1 and "unknown methods ['magic']" in unknown.stderr

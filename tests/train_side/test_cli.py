@@ -3,6 +3,7 @@
 from dataclasses import asdict
 
 import pytest
+import click
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
@@ -44,6 +45,8 @@ def test_eval_and_generate_take_every_generation_setting_with_its_one_default():
         assert {k: defaults[k] for k in expected} == expected and not skipped & defaults.keys()
     assert GenerateConfig().decoding == "greedy"
     assert GenerateConfig.resolve(temperature=0.7, top_k=20).decoding == "T=0.7, top_p=1.0, top_k=20"
+    assert GenerateConfig.resolve(min_new_tokens=4, repetition_penalty=1.2).decoding == \
+        "greedy, min_new_tokens=4, repetition_penalty=1.2"
 
 
 def test_a_grid_key_may_be_any_name_of_a_flag():
@@ -100,3 +103,19 @@ def test_threads_sets_torchs_threads_for_the_run(tmp_path, tiny_store):
         torch.set_num_threads(before)
     refused = CliRunner().invoke(main, ["train", str(tiny_store), "--out", str(tmp_path / "u"), "--threads", "-1"])
     assert refused.exit_code == 2 and "--threads" in refused.output
+
+
+def test_every_option_of_eval_and_generate_says_what_it_does():
+    for command in ("eval", "generate"):
+        undocumented = [p.name for p in main.commands[command].params if isinstance(p, click.Option) and not p.help]
+        assert not undocumented, f"{command}: {undocumented}"
+
+
+def test_exit_codes_usage_errors_2_the_rest_1(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["eval", str(tmp_path / "none")]).exit_code == 1  # no checkpoint there: a UserError
+    assert runner.invoke(main, ["generate", str(tmp_path / "none"), "hi"]).exit_code == 1
+    assert runner.invoke(main, ["eval"]).exit_code == 2  # click: a missing argument
+    assert runner.invoke(main, ["eval", str(tmp_path), "--no-such-option"]).exit_code == 2
+    assert runner.invoke(main, ["eval", str(tmp_path), "--limit", "many"]).exit_code == 2
+    assert runner.invoke(main, ["generate", str(tmp_path), "hi", "--repetition-penalty", "0"]).exit_code == 2

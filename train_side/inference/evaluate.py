@@ -97,7 +97,7 @@ def answer(pipeline, tokenizer, examples: list[Example], template: Template, gen
         for b in range(0, len(order), generation.batch_size):
             batch = order[b : b + generation.batch_size]
             outputs = generate(pipeline, [prompts[i] for i in batch], pad_id=tokenizer.pad_token_id, stop=stop,
-                               config=generation, seed=generation.seed + b)
+                               config=generation, seed=generation.seed + b, eos_ids=eos)
             generated.update(zip(batch, outputs))
             bar.update(len(batch))
     seconds = time.perf_counter() - start

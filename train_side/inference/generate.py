@@ -8,7 +8,7 @@ and reads logits from the frozen head.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import numpy as np
 import torch
@@ -28,7 +28,11 @@ class Pipeline:
 
     def __init__(self, backbone: Backbone, head: FrozenHead, side: SideNetwork | None = None, codec: Codec | None = None):
         self.backbone, self.head, self.side, self.codec = backbone, head, side, codec
-        self.device = backbone.device
+
+    @property
+    def device(self) -> torch.device:
+        """The backbone's: a SideModel moved with ``.to()`` moves it."""
+        return self.backbone.device
 
     def start(self) -> dict:
         """Fresh caches for one batch of sequences."""
@@ -80,13 +84,22 @@ def choose(logits: Tensor, temperature: float, top_p: float, generator: torch.Ge
     return order.gather(-1, picked).squeeze(-1)
 
 
+def penalize_repetition(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """transformers' repetition penalty: the logits (B, V) of the tokens ``seen`` (B, V) in a row
+    so far are divided by ``penalty`` where positive and multiplied by it where negative."""
+    if penalty == 1:
+        return logits
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+
+
 def generate(pipeline: Pipeline, prompts: list[list[int]], *, pad_id: int, stop: Callable[[list[int]], bool],
              config: GenerateConfig | None = None, on_step: Callable[[Tensor], None] | None = None,
-             **settings) -> list[list[int]]:
+             eos_ids: Collection[int] = (), **settings) -> list[list[int]]:
     """Generates for a batch of prompts (all together: ``config.batch_size`` is the callers' to
     apply) until every sequence is stopped (``stop(tokens)``, e.g. EOS or a finished answer line)
     or ``max_new_tokens``; returns each sequence's new tokens. ``config`` (default: the defaults)
     may be amended by field name in ``settings`` (``max_new_tokens=64, temperature=0.7``).
+    ``eos_ids`` are the tokens ``config.min_new_tokens`` keeps from being chosen before then.
     ``on_step(tokens)`` sees each step's chosen tokens (B,) as they come (streaming output)."""
     config = GenerateConfig.resolve(config, **settings)
     device = pipeline.device
@@ -94,10 +107,20 @@ def generate(pipeline: Pipeline, prompts: list[list[int]], *, pad_id: int, stop:
     caches = pipeline.start()
     generator = torch.Generator(device=device).manual_seed(config.seed)
     logits = pipeline.step(ids, mask, caches)[:, -1]
+    seen = None
+    if config.repetition_penalty != 1:  # the prompt's tokens count as seen, its padding does not
+        seen = torch.zeros(logits.shape, dtype=torch.long, device=device).scatter_add_(1, ids, mask) > 0
+    suppressed = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
     outputs: list[list[int]] = [[] for _ in prompts]
     done = np.zeros(len(prompts), dtype=bool)
-    for _ in range(config.max_new_tokens):
+    for step in range(config.max_new_tokens):
+        if seen is not None:
+            logits = penalize_repetition(logits, seen, config.repetition_penalty)
+        if step < config.min_new_tokens:
+            logits = logits.index_fill(-1, suppressed, float("-inf"))
         tokens = choose(logits, config.temperature, config.top_p, generator, config.top_k)
+        if seen is not None:
+            seen[torch.arange(len(tokens), device=device), tokens] = True
         if on_step is not None:
             on_step(tokens)
         for i, token in enumerate(tokens.tolist()):

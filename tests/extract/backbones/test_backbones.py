@@ -467,3 +467,34 @@ def test_gemma3_hidden_states_exceed_float16_and_its_head_reproduces_the_logits(
         logits = gemma3.model(**encoded).logits.numpy()
     ours = apply_head(pre_norm_state(gemma3, encoded.input_ids, encoded.attention_mask), arrays, config)
     np.testing.assert_allclose(ours, logits, rtol=0, atol=1e-3 * np.abs(logits).max())
+
+
+def test_a_dry_run_says_that_it_converted_the_packaged_model(tiny_gguf_alias, tmp_path):
+    from click.testing import CliRunner
+
+    from extract.cli import main
+
+    data = tmp_path / "short.jsonl"  # the tiny GGUF model's context is 64 tokens
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n' * 2)
+    args = ["--model", "tiny-gguf", "--dataset", str(data), "--max-length", "64", "--root", str(tmp_path / "stores"),
+            "--dry-run"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert f"converted the packaged tiny-gguf into {packaged_model_dir('tiny-gguf')}" in first.output
+    second = CliRunner().invoke(main, args)
+    assert second.exit_code == 0 and "converted" not in second.output  # once
+    assert "no weights were loaded and no store written" in second.output and not (tmp_path / "stores").exists()
+
+
+def test_a_cache_dir_named_models_holds_them_directly_and_old_copies_are_found(tiny_gguf_alias, monkeypatch,
+                                                                                tmp_path, caplog):
+    monkeypatch.setenv("LADDER_CACHE_DIR", str(tmp_path / "models"))
+    directory = packaged_model_dir("tiny-gguf")
+    assert directory.parent == tmp_path / "models"  # not models/models
+    doubled = tmp_path / "models" / "models" / directory.name  # where an earlier version converted it
+    doubled.parent.mkdir()
+    directory.rename(doubled)
+    caplog.clear()  # the first conversion's record
+    with caplog.at_level(logging.WARNING, logger="extract.backbones.packaged"):
+        assert packaged_model_dir("tiny-gguf") == doubled
+    assert not caplog.records  # found, not converted again

@@ -15,7 +15,7 @@ from featurestore import FeatureStore
 from train_side import SideModel, checkpoint
 from train_side.cli import main
 from train_side.backbone import BackboneError
-from train_side.config import DataConfig
+from train_side.config import DataConfig, GenerateConfig
 from train_side.inference.generate import Pipeline, generate, left_pad
 from train_side.inference.side_model import GenerationArgumentError
 from train_side.network.model import FrozenHead
@@ -260,3 +260,105 @@ def test_stop_strings_end_a_row_once_its_new_text_holds_one(model, prompts):
     assert torch.equal(by_regex, stopped)
     out = model.generate(ids, max_new_tokens=3, eos_token_id=[], return_dict_in_generate=True)
     assert isinstance(out, GenerateDecoderOnlyOutput) and out.sequences.shape[1] == ids.shape[1] + 3
+
+
+def test_min_new_tokens_and_repetition_penalty_as_transformers_generate(run, model, tiny_llama, prompts):
+    """On the backbone alone, SideModel.generate equals transformers' own generate() of the same model
+    for min_new_tokens (EOS suppressed until then) and repetition_penalty."""
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    alone = SideModel.from_pretrained(run, backbone=model.backbone, backbone_only=True)
+    ids = torch.tensor([prompts[0]])
+    pad = model.tokenizer.pad_token_id
+    first = int(alone.generate(ids, max_new_tokens=1, eos_token_id=[])[0, -1])  # made EOS: the answer ends at once
+    for settings in ({"min_new_tokens": 4}, {"repetition_penalty": 1.8}, {"repetition_penalty": 0.7},
+                     {"min_new_tokens": 3, "repetition_penalty": 1.3}):
+        expected = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                                      eos_token_id=first, pad_token_id=pad, **settings)
+        assert torch.equal(alone.generate(ids, max_new_tokens=10, eos_token_id=first, **settings), expected), settings
+    assert alone.generate(ids, max_new_tokens=10, eos_token_id=first).shape[1] == ids.shape[1] + 1
+    free = alone.generate(ids, max_new_tokens=10, eos_token_id=[])
+    assert not torch.equal(alone.generate(ids, max_new_tokens=10, eos_token_id=[], repetition_penalty=1.8), free)
+    assert alone.generate(ids, max_new_tokens=10, eos_token_id=first, min_new_tokens=4).shape[1] >= ids.shape[1] + 4
+    with pytest.raises(GenerationArgumentError, match="repetition_penalty must be above 0"):
+        alone.generate(ids, repetition_penalty=0)
+
+
+def test_generation_settings_come_from_generate_config(model, prompts):
+    """GenerateConfig is the one place of generation defaults: as a generation_config its new fields
+    act, and the model's transformers generation_config states the same defaults."""
+    from transformers import GenerationConfig
+
+    ids = torch.tensor([prompts[0]])
+    direct = model.generate(ids, max_new_tokens=6, repetition_penalty=1.5, min_new_tokens=2)
+    assert torch.equal(model.generate(ids, generation_config=GenerateConfig(max_new_tokens=6, repetition_penalty=1.5,
+                                                                           min_new_tokens=2)), direct)
+    assert torch.equal(model.generate(ids, generation_config=GenerationConfig(
+        max_new_tokens=6, repetition_penalty=1.5, min_new_tokens=2)), direct)
+    defaults = GenerateConfig()
+    config = model.generation_config
+    assert (config.max_new_tokens, config.min_new_tokens, config.repetition_penalty, config.do_sample) == \
+        (defaults.max_new_tokens, defaults.min_new_tokens, defaults.repetition_penalty, False)
+    assert config.eos_token_id == model.eos_token_ids
+
+
+def test_side_model_is_a_torch_module(model, prompts):
+    ids = torch.tensor([prompts[0]])
+    before = model(ids).logits
+    assert isinstance(model, torch.nn.Module) and not model.training
+    names = {name.split(".")[0] for name, _ in model.named_parameters()}
+    assert names == {"base_model", "side"}
+    assert sum(p.numel() for p in model.side.parameters()) == model.checkpoint.n_parameters
+    assert model.config is model.base_model.config and model.config.model_type == "llama"
+    assert model.side_config == model.checkpoint.side
+    assert model.to("cpu") is model and model.device == torch.device("cpu") and model.eval() is model
+    with pytest.raises(GenerationArgumentError, match="give .to\\(\\) a device only"):
+        model.to(torch.float16)
+    assert torch.equal(model(ids).logits, before)
+
+
+def test_save_pretrained_and_from_pretrained_round_trip(run, model, prompts, tmp_path):
+    """What save_pretrained writes loads back with the side network's current weights."""
+    ids = torch.tensor([prompts[0]])
+    changed = SideModel.from_pretrained(run, backbone=model.backbone)
+    with torch.no_grad():
+        for parameter in changed.side.parameters():  # as further training would
+            parameter.add_(0.01)
+    changed.save_pretrained(tmp_path / "saved")
+    loaded = SideModel.from_pretrained(tmp_path / "saved", backbone=model.backbone)
+    assert torch.equal(loaded(ids).logits, changed(ids).logits)
+    assert not torch.equal(loaded(ids).logits, model(ids).logits)
+    assert loaded.checkpoint.to_json() == model.checkpoint.to_json()
+    with pytest.raises(GenerationArgumentError, match="no side network to save"):
+        SideModel.from_pretrained(run, backbone=model.backbone, backbone_only=True).save_pretrained(tmp_path / "x")
+
+
+def test_transformers_text_generation_pipeline_runs_generate(model):
+    from transformers import pipeline
+
+    question = load_examples("arith", "test", limit=1)[0][0].question
+    pipe = pipeline("text-generation", model=model, tokenizer=model.tokenizer)
+    ids = torch.tensor([model.encode(question)])
+    new = model.generate(ids, max_new_tokens=6)[0, ids.shape[1]:]
+    expected = model.tokenizer.decode(new, skip_special_tokens=True)
+    assert pipe(model.format(question), max_new_tokens=6, return_full_text=False)[0]["generated_text"] == expected
+    torch.manual_seed(5)
+    sampled = pipe(model.format(question), max_new_tokens=6, do_sample=True, temperature=0.9,
+                   return_full_text=False)[0]["generated_text"]
+    torch.manual_seed(5)
+    again = model.generate(ids, max_new_tokens=6, do_sample=True, temperature=0.9)[0, ids.shape[1]:]
+    assert sampled == model.tokenizer.decode(again, skip_special_tokens=True)
+
+
+def test_cli_takes_the_new_generation_settings(run, model):
+    question = load_examples("arith", "test", limit=1)[0][0].question
+    ids = [model.encode(question)]
+    new = model.generate(ids, max_new_tokens=5, min_new_tokens=5, repetition_penalty=1.5)[0, len(ids[0]):]
+    expected = model.tokenizer.decode(new, skip_special_tokens=True).strip()
+    result = CliRunner().invoke(main, ["generate", str(run), question, "--max-new-tokens", "5", "--min-new-tokens", "5",
+                                       "--repetition-penalty", "1.5"])
+    assert result.exit_code == 0, result.output
+    assert expected in result.stdout
+    bad = CliRunner().invoke(main, ["generate", str(run), question, "--repetition-penalty", "0"])
+    assert bad.exit_code == 2 and "--repetition-penalty" in bad.output
