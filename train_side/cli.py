@@ -251,14 +251,15 @@ def generate_cmd(run, prompts, prompt_file, chat, stops, raw, backbone_only, dev
     try:
         from transformers import TextStreamer
 
-        from extract.tasks.answers import FINISHED_ANSWER
+        from extract.tasks.answers import answer_end
 
         from .inference.side_model import SideModel
 
         model = SideModel.from_pretrained(run, device=device, backbone_only=backbone_only)
         streamer = TextStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        task_end = answer_end(model.checkpoint.store.provenance.dataset.labels)  # where eval stops: the answer line
         settings = dict(generation_config=config_from_options(GenerateConfig, options), streamer=streamer,
-                        stop_strings=[FINISHED_ANSWER, *stops])  # where eval stops, and the user's own
+                        stop_strings=[task_end, *stops])
 
         def answer(question: str) -> int:
             ids = model.tokenizer(question, add_special_tokens=False).input_ids if raw else model.encode(question)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .labels import normalise, predicted_label
+from .labels import FINISHED_LABEL, normalise, predicted_label
 
 # A number as written in answers: optional minus (not a hyphen between digits), thousands commas, decimals.
 NUMBER = r"(?<![\d.])-?\d+(?:,\d{3}(?!\d))*(?:\.\d+)?"
@@ -23,6 +23,12 @@ def last_number(text: str) -> str | None:
     """The last number in ``text``, commas removed; None if there is none (evaluation's fallback)."""
     numbers = re.findall(NUMBER, text)
     return numbers[-1].replace(",", "") if numbers else None
+
+
+def answer_end(labels: Sequence[str] | None = None) -> re.Pattern:
+    """Where a generated answer is complete: a classification task's label line (``labels``, as its
+    store records them), else a finished ``#### n`` line. Evaluation and ``generate`` stop there."""
+    return FINISHED_LABEL if labels else FINISHED_ANSWER
 
 
 def is_correct(text: str, reference: str, labels: Sequence[str] | None = None) -> bool:

@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from extract.backbones import same_backbone
 from extract.provenance import Provenance, Template
-from extract.tasks.answers import FINISHED_ANSWER, is_correct
+from extract.tasks.answers import answer_end, is_correct
 from extract.tasks.examples import Example
-from extract.tasks.labels import FINISHED_LABEL, max_label_tokens, predicted_label
+from extract.tasks.labels import max_label_tokens, predicted_label
 from extract.tasks.prompts import encode_prompt
 from featurestore import FeatureStore, get_codec
 from featurestore.errors import UserError
@@ -82,9 +82,8 @@ def answer(pipeline, tokenizer, examples: list[Example], template: Template, gen
     within the tokens the longest label needs, and is scored on the label it gives. Returns one
     scored prediction per example, in order, and the seconds spent generating."""
     generation = GenerateConfig.resolve(generation, **settings)
-    finished = FINISHED_ANSWER
+    finished = answer_end(labels)
     if labels:
-        finished = FINISHED_LABEL
         generation = replace(generation, max_new_tokens=min(generation.max_new_tokens,
                                                             max_label_tokens(tokenizer, labels)))
     prompts = [encode_prompt(tokenizer, e.question, template.name) for e in examples]

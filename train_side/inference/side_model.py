@@ -215,7 +215,7 @@ class SideModel(torch.nn.Module):
         fields are the defaults of the others), ``seed`` (default: drawn from torch's global
         generator, so ``torch.manual_seed`` makes sampling repeat), ``stop_strings`` (a string or a
         list: a row stops once its new text contains one; a compiled regex serves too, such as
-        ``extract.tasks.answers.FINISHED_ANSWER``, the finished answer line where ``train_side
+        ``extract.tasks.answers.answer_end(labels)``, the finished answer line where ``train_side
         eval`` stops) and ``return_dict_in_generate`` (then a transformers
         ``GenerateDecoderOnlyOutput`` whose ``sequences`` are what is returned otherwise)."""
         options = self._options(kwargs)

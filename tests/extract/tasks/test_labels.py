@@ -61,3 +61,10 @@ def test_finished_label_is_a_written_first_line():
 def test_max_label_tokens():
     tokenizer = tiny_tokenizer()  # one token per byte
     assert max_label_tokens(tokenizer, ["no", "yes"]) == len(" yes") + LABEL_TOKENS_SLACK
+
+
+def test_an_answer_ends_at_its_tasks_answer_line():
+    from extract.tasks.answers import answer_end
+
+    assert answer_end(["no", "yes"]).search(" yes\nbecause") and not answer_end(["no", "yes"]).search(" yes")
+    assert answer_end(None).search("3 + 4 = 7\n#### 7\n") and not answer_end(None).search(" yes\n")
