@@ -167,7 +167,7 @@ def parse_layers(value: str | None) -> list[int] | None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Where probe.json goes.")
 @click.option("--layers", default=None, callback=lambda ctx, param, value: parse_layers(value),
               help="Stored layers to probe, e.g. 0,10,20,30 (default: every stored layer).")
-@config_options(DataConfig, skip=("eval_every", "save_every"))
+@config_options(DataConfig, skip=("eval_every", "save_every", "grad_accum", "early_stop"))
 @click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate of the probes (AdamW).")
 @click.option("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N].")
 def probe_cmd(store, out, layers, lr, device, **o) -> None:

@@ -40,8 +40,10 @@ def test_a_tiny_side_network_overfits_the_tiny_store(tmp_path, tiny_store):
               if '"loss"' in line]
     assert losses[0] > 2.0 and np.mean(losses[-5:]) < 0.1  # the counting rule, learned from stored states
     assert run.val_loss < 0.3  # and it holds on held-out examples
-    for name in ("side.safetensors", "side_config.json", "metrics.jsonl", "loss.png", "resume.pt"):
+    for name in ("side.safetensors", "side_config.json", "train_config.yaml", "metrics.jsonl", "loss.png",
+                 "best/side.safetensors", "best/side_config.json"):
         assert (tmp_path / "run" / name).is_file()
+    assert not (tmp_path / "run" / "resume.pt").exists()  # a finished run keeps no optimizer state
 
 
 def test_xladder_reads_only_the_top_hidden_states(tmp_path, tiny_store):
@@ -82,18 +84,18 @@ def test_resume_continues_identically(tmp_path, tiny_store, monkeypatch):
     data = DataConfig(epochs=3, token_budget=96, save_every=5)
     train(tiny_store, tmp_path / "straight", side=SMALL, data=data, progress=False)
 
-    original_step = Run.train_step
+    original_step = Run.optimizer_step
 
-    def crash_at_step_12(self, batch):
+    def crash_at_step_12(self):
         if self.step == 12:
             raise KeyboardInterrupt
-        return original_step(self, batch)
+        return original_step(self)
 
-    monkeypatch.setattr(Run, "train_step", crash_at_step_12)
+    monkeypatch.setattr(Run, "optimizer_step", crash_at_step_12)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_store, tmp_path / "resumed", side=SMALL, data=data, progress=False)
     assert checkpoint.load_config(tmp_path / "resumed")["step"] == 10  # the last checkpoint before the crash
-    monkeypatch.setattr(Run, "train_step", original_step)
+    monkeypatch.setattr(Run, "optimizer_step", original_step)
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny_store, tmp_path / "resumed", side=SMALL, data=data, progress=False)
     train(tiny_store, tmp_path / "resumed", side=SMALL, data=data, resume=True, progress=False)
