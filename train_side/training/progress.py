@@ -22,6 +22,7 @@ class Progress:
                                 desc="train" if len(names) == 1 else name.ljust(width), disable=not enabled,
                                 file=sys.stderr)
                      for i, name in enumerate(names)}
+        self.shown = {name: {} for name in names}  # each line's last values, kept until replaced
 
     def step(self, run, loss: float, tokens_per_s: float) -> None:
         """``run`` took a step with training loss ``loss``."""
@@ -30,10 +31,12 @@ class Progress:
         self.show(run, loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
 
     def show(self, run, **postfix) -> None:
-        """The line of ``run``: ``postfix`` and its validation losses so far."""
+        """The line of ``run``: ``postfix`` (added to what it showed) and its validation losses."""
+        shown = self.shown[run.name]
+        shown |= postfix
         if run.val_loss is not None:
-            postfix |= {"val": f"{run.val_loss:.4f}", "best": f"{run.best_loss:.4f}"}
-        self.bars[run.name].set_postfix(postfix)
+            shown |= {"val": f"{run.val_loss:.4f}", "best": f"{run.best_loss:.4f}"}
+        self.bars[run.name].set_postfix(shown)
 
     def stopped(self, run) -> None:
         """``run`` stopped early; the others go on."""
