@@ -51,7 +51,9 @@ def test_a_grid_key_may_be_any_name_of_a_flag():
     with pytest.raises(GridError, match="twice"):
         parse_grid_options(["heads=2", "n_heads=4"])
     with pytest.raises(GridError, match="sweepable: .*n_heads"):
-        parse_grid_options(["data_seed=1"])  # the data settings are shared by all runs
+        parse_grid_options(["colour=red"])
+    # a data setting is known by its own option's name: --seed is the initialisation's, --data-seed the data's
+    assert parse_grid_options(["seed=1", "data-seed=2"]) == {"seed": [1], "data_seed": [2]}
 
 
 def test_sweep_over_heads_from_the_command_line(tmp_path, tiny_store):
@@ -59,7 +61,7 @@ def test_sweep_over_heads_from_the_command_line(tmp_path, tiny_store):
                                        "--epochs", "1", "--token-budget", "128", "--device", "cpu",
                                        "--grid", "heads=2,4"])
     assert result.exit_code == 0, result.output
-    assert [checkpoint.load_config(tmp_path / "s" / f"n_heads={n}")["side"]["n_heads"] for n in (2, 4)] == [2, 4]
+    assert [checkpoint.load_config(tmp_path / "s" / f"n_heads-{n}")["side"]["n_heads"] for n in (2, 4)] == [2, 4]
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, tiny_store, monkeypatch):

@@ -131,21 +131,31 @@ def run_dir(out: Path, params: dict) -> Path:
     return legacy if rundir.has_run(legacy) and not (out / run_name(params)).exists() else out / run_name(params)
 
 
-def configs(params: dict, base_side: dict, base_optim: dict, backbone: dict,
-            data: DataConfig | None = None) -> tuple[SideConfig, OptimConfig, DataConfig]:
-    """The side, optimiser and data configs of one grid point on top of the base settings."""
-    by_config = {cls: {} for cls in (SideConfig, OptimConfig, DataConfig)}
+def _by_config(params: dict) -> dict[type, dict]:
+    """A grid point's settings split by the config they belong to, by field name."""
+    split = {cls: {} for cls in (SideConfig, OptimConfig, DataConfig)}
     for option, value in params.items():
         cls, name = OPTIONS[option]
-        by_config[cls][name] = value
-    side = {**base_side, **by_config[SideConfig]}
+        split[cls][name] = value
+    return split
+
+
+def configs(params: dict, base_side: dict, base_optim: dict, backbone: dict) -> tuple[SideConfig, OptimConfig]:
+    """The side and optimiser configs of one grid point on top of the base settings (its data
+    settings: ``data_config``)."""
+    split = _by_config(params)
+    side = {**base_side, **split[SideConfig]}
     if side.get("kind", "ladder") != "ladder":  # Ladder-only settings of the base would be refused
-        side = {k: v for k, v in side.items() if k not in LADDER_ONLY or k in by_config[SideConfig]}
+        side = {k: v for k, v in side.items() if k not in LADDER_ONLY or k in split[SideConfig]}
     try:
-        return (SideConfig(**backbone, **side), OptimConfig(**{**base_optim, **by_config[OptimConfig]}),
-                replace(data or DataConfig(), **by_config[DataConfig]))
+        return SideConfig(**backbone, **side), OptimConfig(**{**base_optim, **split[OptimConfig]})
     except (TypeError, ValueError) as e:
         raise GridError(f"{run_name(params)}: {e}") from None
+
+
+def data_config(params: dict, base: DataConfig) -> DataConfig:
+    """The data settings of one grid point on top of the base ones."""
+    return replace(base, **_by_config(params)[DataConfig])
 
 
 def write_summary(out: Path, run_dirs: dict[str, tuple[dict, Path]]) -> list[dict]:
@@ -205,19 +215,19 @@ def sweep(store, out: str | Path, grid: dict[str, list], *, side: dict | None = 
          "grid": grid, "jobs": jobs, "device": device, "log": log}, sort_keys=False))
     planned = []  # (params, data config, spec) of every run, in the grid's order
     for params in expand(grid):
-        side_config, optim_config, data_config = configs(params, side or {}, optim or {}, backbone_dims(store), data)
+        side_config, optim_config = configs(params, side or {}, optim or {}, backbone_dims(store))
         where = run_dir(out, params)
-        planned.append((params, data_config, RunSpec(where.name, where, side_config, optim_config)))
+        planned.append((params, data_config(params, data), RunSpec(where.name, where, side_config, optim_config)))
     passes: dict[str, tuple[DataConfig, list[RunSpec]]] = {}  # the runs of each data setting, trained together
-    for _, data_config, spec in planned:
-        passes.setdefault(json.dumps(asdict(data_config)), (data_config, []))[1].append(spec)
-    for data_config, specs in passes.values():
+    for _, point_data, spec in planned:
+        passes.setdefault(json.dumps(asdict(point_data)), (point_data, []))[1].append(spec)
+    for pass_data, specs in passes.values():
         groups = [specs[i::jobs] for i in range(min(jobs, len(specs)))]
         if len(groups) == 1:
-            fit(store, specs, data_config, device=device, resume=resume, progress=progress, log=log,
+            fit(store, specs, pass_data, device=device, resume=resume, progress=progress, log=log,
                 keep_resume=keep_resume)
         else:
-            _fit_in_processes(store.location, groups, data_config, device, resume, log, keep_resume)
+            _fit_in_processes(store.location, groups, pass_data, device, resume, log, keep_resume)
     return write_summary(out, {spec.name: (params, spec.out) for params, _, spec in planned})
 
 

@@ -73,10 +73,10 @@ def test_a_run_trained_alone_equals_the_same_run_inside_a_sweep(tmp_path, tiny_s
           data=data, progress=False)
     train(tiny_store, tmp_path / "alone", side={**SMALL, "kind": "xladder"}, optim=OptimConfig(lr=3e-3), data=data,
           progress=False)
-    inside, alone = weights(tmp_path / "sweep" / "kind=xladder,lr=0.003"), weights(tmp_path / "alone")
+    inside, alone = weights(tmp_path / "sweep" / "kind-xladder_lr-0.003"), weights(tmp_path / "alone")
     assert inside.keys() == alone.keys() and all(torch.equal(inside[k], alone[k]) for k in alone)
     summary = (tmp_path / "sweep" / "summary.csv").read_text().splitlines()
-    assert len(summary) == 5 and summary[0].startswith("run,kind,lr,parameters,train_loss,val_loss")
+    assert len(summary) == 5 and summary[0].startswith("best,run,kind,lr,parameters,train_loss,val_loss,best_val_loss")
     assert (tmp_path / "sweep" / "val_loss.png").is_file()
 
 
@@ -128,7 +128,7 @@ def test_cli_train_and_sweep(tmp_path, tiny_store):
     result = runner.invoke(main, ["sweep", str(tiny_store), "--out", str(tmp_path / "s"), "--side-width", "16",
                                   "--heads", "2", "--epochs", "1", "--grid", "kind=ladder,xladder"])
     assert result.exit_code == 0, result.output
-    assert "kind=xladder" in result.output and "summary.csv" in result.output
+    assert "kind-xladder" in result.stdout and "summary.csv" in result.stdout
     bad = runner.invoke(main, ["sweep", str(tiny_store), "--out", str(tmp_path / "b"), "--grid", "colour=red"])
     assert bad.exit_code == 1 and "unknown settings ['colour']" in bad.output
     missing = runner.invoke(main, ["train", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "m")])
