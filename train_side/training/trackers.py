@@ -37,15 +37,15 @@ class NoTracker:
 
 
 class TensorBoard:
-    """Scalars in TensorBoard event files in the run directory; a resumed run first drops the
-    events logged after its checkpoint (``purge_step``), as metrics.jsonl does."""
+    """Scalars in TensorBoard event files in the run directory; a run resumed at ``step`` drops
+    the events logged after it (``purge_step``), as metrics.jsonl does."""
 
     def __init__(self, out: Path, step: int):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # torch's writer needs the tensorboard package
             raise TrackerError("--log tensorboard needs the tensorboard package: pip install tensorboard") from None
-        self.writer = SummaryWriter(log_dir=str(out), purge_step=step or None)
+        self.writer = SummaryWriter(log_dir=str(out), purge_step=step + 1 if step else None)  # from step + 1 on
 
     def log(self, step: int, values: dict) -> None:
         for name, value in values.items():
