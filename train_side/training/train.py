@@ -318,6 +318,18 @@ def top_blocks(store: FeatureStore, specs: list[RunSpec]) -> tuple[list[RunSpec]
     return specs, lambda model: copy_top_blocks(model, backbone) if model.config.kind == "top" else None
 
 
+def accumulate(runs: list[Run], batches: Iterator[Batch], device: torch.device) -> int:
+    """Feeds each of ``batches`` (one optimizer step's) to every run as it is read, so that one
+    batch is on the device at a time; returns their tokens."""
+    tokens = 0
+    for batch in batches:
+        batch = batch.to(device)
+        tokens += batch.n_tokens
+        for run in runs:
+            run.accumulate(batch)
+    return tokens
+
+
 @contextmanager
 def closing_trackers(runs: list[Run]) -> Iterator[None]:
     """Closes every run's tracker when the block ends, however it ends (an interrupted run's
@@ -374,9 +386,10 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
     specs, start_top = top_blocks(store, specs)
     runs = [Run.for_store(store, spec, data=data, total_steps=total_steps, device=device, head=head,
                           steps_per_epoch=per_epoch) for spec in specs]
+    settings = {run.out: run_settings(run, store, asked_device, log) for run in runs}
     for run in runs:
         run.resume() if resume else run.start_fresh()
-        rundir.write_settings(run.out, run_settings(run, store, asked_device, log))
+        rundir.write_settings(run.out, settings[run.out])
         for start in (start_top, init) if run.step == 0 else ():
             if start is not None:
                 start(run.model)
@@ -386,7 +399,7 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
     if any(run.step != start_step for run in active):
         raise TrainError("the runs of this job stopped at different steps; resume them separately")
     for run in active:
-        run.tracker = open_tracker(log, run.out, run.name, run.step, run_settings(run, store, asked_device, log))
+        run.tracker = open_tracker(log, run.out, run.name, run.step, settings[run.out])
     loader = loader_settings(device)
     validation = [b.to(device) for b in read_ahead(store, val_batches, layers, **loader)] if active else []
     with Progress([run.name for run in active], total_steps, start_step, progress) as bars, \
@@ -395,12 +408,7 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
             with closing(read_ahead(store, [b for i in order for b in steps[i]], layers, **loader)) as batches:
                 tick = time.perf_counter()
                 for i in order:
-                    tokens = 0
-                    for batch in itertools.islice(batches, len(steps[i])):
-                        batch = batch.to(device)
-                        tokens += batch.n_tokens
-                        for run in active:
-                            run.accumulate(batch)
+                    tokens = accumulate(active, itertools.islice(batches, len(steps[i])), device)
                     losses = [run.optimizer_step() for run in active]
                     elapsed, tick = time.perf_counter() - tick, time.perf_counter()
                     for run, loss in zip(active, losses):
