@@ -23,8 +23,9 @@ Supported annotations: ``bool`` (a ``--x/--no-x`` switch), ``int``, ``float``, `
         data = config_from_options(DataConfig, options)
 
 ``config_values`` gives a config's values as a dict instead, for a config completed later (e.g.
-with sizes read from a file); ``field_names`` maps every name of a setting to its field name, for
-settings named outside click (a sweep's grid keys).
+with sizes read from a file), and ``option_values`` the reverse (a config's values by option);
+``field_names`` and ``option_names`` map every name of a setting to its field, for settings named
+outside click (a sweep's grid keys, a config file).
 """
 
 from __future__ import annotations
@@ -128,6 +129,13 @@ def config_values(config_class, options: dict) -> dict:
     return {f.name: options.pop(_destination(f)) for f in _option_fields(config_class) if _destination(f) in options}
 
 
+def option_values(config, skip=()) -> dict:
+    """The inverse of ``config_values``: the option fields of the dataclass instance ``config`` by
+    their click destination (``{"data_seed": 0, ...}`` for a DataConfig), e.g. to write a config
+    file that the command reads back."""
+    return {_destination(f): getattr(config, f.name) for f in _option_fields(type(config), skip)}
+
+
 def config_from_options(config_class, options: dict, **fixed):
     """``config_class`` built from its fields in parsed click ``options`` (popped from them) and
     the ``fixed`` fields, which have no option (e.g. sizes known only at run time)."""
@@ -147,6 +155,25 @@ def parse_setting(config_classes, name: str, value):
                 click_type, switch = _field_type(f, annotation)
                 return (click.BOOL if switch else click.types.convert_type(click_type)).convert(value, None, None)
     raise KeyError(name)
+
+
+def option_names(*config_classes, skip=()) -> dict[str, tuple[type, str]]:
+    """Every name of an option of ``config_classes``, as on the command line: its flags and
+    aliases, with dashes or underscores, mapped to (config class, field name). Unlike
+    ``field_names``, a field with its own ``flag`` is known by that flag only (``data-seed``),
+    so that two configs' fields of one name (``seed``) stay apart."""
+    names = {}
+    for cls in config_classes:
+        for f in _option_fields(cls, skip):
+            for name in _flags(f):
+                names[name.replace("-", "_")] = names[name.replace("_", "-")] = (cls, f.name)
+    return names
+
+
+def destination(config_class, name: str) -> str:
+    """The click destination of field ``name`` of ``config_class`` (``seed`` of DataConfig:
+    ``data_seed``)."""
+    return _destination(next(f for f in dataclasses.fields(config_class) if f.name == name))
 
 
 def field_names(*config_classes, skip=()) -> dict[str, str]:

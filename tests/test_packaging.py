@@ -6,7 +6,8 @@
     featurestore/   module level: the base only; inside a function: also [hub] (hf:// push)
     extract/        the base and [extract]
     train_side/     the base and [train] (which holds [extract]: eval and generate reload the
-                    backbone; its lazy huggingface_hub imports are [extract]'s too)
+                    backbone; its lazy huggingface_hub imports are [extract]'s too); inside a
+                    function also [trackio] (--log trackio)
     scripts/        the base and [baselines] (which holds [train])
 
 and every declared distribution is imported somewhere its extra covers, or named in
@@ -50,20 +51,23 @@ DISTRIBUTIONS = {
     "matplotlib": "matplotlib",
     "peft": "peft",
     "bitsandbytes": "bitsandbytes",
+    "trackio": "trackio",
 }
 
 # Declared but never imported by name: why each is needed.
 NOT_IMPORTED = {
     "aiohttp": "fsspec's http(s) filesystem, for stores read by URL",
     "accelerate": "transformers needs it to load GGUF files and quantised models",
+    "bitsandbytes": "transformers quantises the backbone through it (--quantization nf4, fp4, int8)",
     "pytest": "the test suite",
+    "tensorboard": "torch.utils.tensorboard's SummaryWriter (--log tensorboard) imports it",
 }
 
 # Code directory -> (extras its module-level imports may use, extras its lazy imports may use).
 ALLOWED = {
     "featurestore": ((), ("hub",)),
     "extract": (("extract",), ("extract",)),
-    "train_side": (("train",), ("train",)),
+    "train_side": (("train",), ("train", "trackio")),  # --log trackio imports trackio when asked
     "scripts": (("baselines",), ("baselines",)),
 }
 

@@ -3,7 +3,8 @@
     side.safetensors    the side network's weights
     side_config.json    a :class:`Checkpoint`: its SideConfig, optimisation and data settings,
                         progress, and the store it was trained from (fingerprint, codec, provenance)
-    resume.pt           optimizer and schedule state, to continue training exactly
+    resume.pt           optimizer and schedule state, to continue training exactly (deleted when
+                        the run finishes, unless kept with --keep-resume)
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Checkpoint:
     epochs: float  # epochs done, fractional mid-epoch
     val_loss: float | None
     train_seconds: float
+    stopped_early: bool = False  # by --early-stop, before its last step: the run is finished all the same
     version: int = VERSION
 
     def to_json(self) -> dict:

@@ -6,6 +6,7 @@ import functools
 from pathlib import Path
 
 import click
+import yaml
 
 from featurestore.cli import Group, cache_option
 from featurestore.errors import UserError
@@ -15,8 +16,11 @@ from featurestore.hub import is_hf_url
 
 from .config import DataConfig, GenerateConfig, OptimConfig
 from .inference.hub import fetch_run
-from .network.model import LADDER_ONLY, SideConfig
-from .training.sweep import format_table, load_grid, parse_grid_options, sweep
+from .network.model import SideConfig, without_ladder_only
+from .training.rundir import BEST
+from .training.sweep import SETTINGS as SWEEP_SETTINGS
+from .training.sweep import format_table, grid_of, load_grid, parse_grid_options, sweep
+from .training.trackers import TRACKERS
 from .training.train import train
 
 
@@ -41,18 +45,59 @@ def main() -> None:
 def training_options(command):
     """The options shared by `train` and `sweep` (a sweep's base settings): one per setting of
     SideConfig (but the backbone's sizes, read from the store), OptimConfig and DataConfig, whose
-    fields give their defaults and help."""
+    fields give their defaults and help; and --config, which reads any of them from a file."""
     options = [
         click.argument("store"),
+        click.option("--config", type=click.Path(dir_okay=False, exists=True), is_eager=True, expose_value=False,
+                     callback=read_config_file,
+                     help="A YAML file of this command's options (names with dashes or underscores, e.g. "
+                          "'lr: 0.003'); options given on the command line override it. A run's own "
+                          "train_config.yaml (a sweep's sweep_config.yaml) trains it again."),
         cache_option,
         click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory."),
         config_options(SideConfig, OptimConfig, DataConfig),
         click.option("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]."),
+        click.option("--log", type=click.Choice(TRACKERS), default="none",
+                     help="Also log the metrics to TensorBoard (event files in each run directory: "
+                          "tensorboard --logdir OUT) or trackio (pip install trackio; trackio show)."),
         click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out."),
+        click.option("--keep-resume", is_flag=True,
+                     help="Keep resume.pt (the optimizer state) when a run finishes; it is deleted otherwise."),
         click.option("--threads", type=click.IntRange(min=0), default=0, callback=set_threads, expose_value=False,
                      help="CPU threads torch computes with (0: torch's own choice, one per core)."),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+
+def read_config_file(ctx: click.Context, param: click.Parameter, path: str | None) -> None:
+    """--config FILE: the command's options from a YAML mapping, by any of their names (``lr``,
+    ``n-heads``, ``heads``, ``data_seed``), as the defaults of this invocation, so that an option
+    given on the command line wins. A sweep's ``grid`` may be a mapping ``{setting: [values]}``
+    (kept in ``ctx.meta["grid"]``) or a list of ``key=v1,v2``."""
+    if path is None:
+        return
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise click.BadParameter(f"cannot read {path}: {str(e).splitlines()[0]}", ctx, param) from None
+    if not isinstance(values, dict):
+        raise click.BadParameter(f"{path} must map option names to values, e.g. 'lr: 0.003'", ctx, param)
+    params = {}
+    for p in ctx.command.params:
+        for name in (p.name, *(o.lstrip("-") for o in p.opts)):
+            params[name.replace("-", "_")] = params[name.replace("_", "-")] = p
+    unknown = sorted(str(key) for key in values if str(key) not in params or params[str(key)] is param)
+    if unknown:
+        raise click.BadParameter(f"{path} sets {', '.join(unknown)}, which are not options of `{ctx.info_name}` "
+                                 "(see its --help)", ctx, param)
+    defaults = {}
+    for key, value in values.items():
+        p = params[str(key)]
+        if p.name == "grid_options" and isinstance(value, dict):
+            ctx.meta["grid"] = value
+        else:
+            defaults[p.name] = [value] if getattr(p, "multiple", False) and isinstance(value, str) else value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 
 def set_threads(ctx, param, threads: int) -> int:
@@ -67,47 +112,67 @@ def set_threads(ctx, param, threads: int) -> int:
 def split_options(o: dict) -> tuple[dict, OptimConfig, DataConfig]:
     """The side settings (beyond the backbone's sizes), optimiser and data configs of the parsed
     options, popped from them. An xLadder drops the Ladder-only settings, which it would refuse."""
-    side = config_values(SideConfig, o)
-    if side["kind"] != "ladder":
-        side = {k: v for k, v in side.items() if k not in LADDER_ONLY}
+    side = without_ladder_only(config_values(SideConfig, o))
     return side, config_from_options(OptimConfig, o), config_from_options(DataConfig, o)
 
 
 @main.command("train")
 @training_options
 def train_cmd(**o) -> None:
-    """Train one side network from STORE into --out (side.safetensors, side_config.json,
-    metrics.jsonl, loss.png)."""
+    """Train one side network from STORE into --out: side.safetensors and side_config.json (the
+    weights and settings of its last step), best/ (those of its best validation loss),
+    train_config.yaml (its options: --config trains it again), metrics.jsonl, loss.png.
+
+    \b
+    Examples:
+      train_side train stores/x.zarr --out runs/ladder --lr 3e-3 --early-stop 3 --log tensorboard
+      train_side train --config runs/ladder/train_config.yaml --out runs/ladder-seed1 --seed 1
+    """
     side, optim, data = split_options(o)
-    run = train(o["store"], o["out"], side=side, optim=optim, data=data, device=o["device"], resume=o["resume"])
+    run = train(o["store"], o["out"], side=side, optim=optim, data=data, device=o["device"], resume=o["resume"],
+                log=o["log"], keep_resume=o["keep_resume"])
     val = "n/a" if run.val_loss is None else f"{run.val_loss:.4f}"
-    click.echo(f"{run.side.kind}: {run.model.n_parameters():,} parameters, {run.step} steps in {run.seconds:.0f} s, "
-               f"validation loss {val} -> {run.out}")
+    best = "" if run.best_loss is None else f" (best {run.best_loss:.4f}: {run.out / BEST})"
+    stopped = ", stopped early" if run.stopped_early else ""
+    click.echo(f"{run.side.kind}: {run.model.n_parameters():,} parameters, {run.step} steps{stopped} in "
+               f"{run.seconds:.0f} s, validation loss {val}{best} -> {run.out}")
 
 
 @main.command("sweep")
 @training_options
 @click.option("--grid", "grid_options", multiple=True,
               help="A swept setting: key=v1,v2 (repeatable), e.g. lr=1e-3,3e-3 or heads=2,4. A key is any "
-                   "side-network or optimiser option, without its dashes.")
+                   "option above, without its dashes; a data setting (epochs=1,2) adds a data pass per value.")
 @click.option("--grid-file", type=click.Path(dir_okay=False, exists=True), help="YAML/JSON {setting: [values]}.")
 @click.option("--jobs", default=1, help="Split the runs across this many processes (each its own data pass).")
-def sweep_cmd(grid_options, grid_file, jobs, **o) -> None:
+@click.pass_context
+def sweep_cmd(ctx, grid_options, grid_file, jobs, **o) -> None:
     """Train every combination of a grid of settings from STORE, over ONE pass of the data per
-    epoch: each batch is read and decoded once and fed to every side network. The options of
-    the side network and optimiser are the base settings of every run; the data options are
-    shared by all runs.
+    epoch: each batch is read and decoded once and fed to every side network. The other options
+    are the base settings of every run.
+
+    The data settings (--epochs, --max-steps, --token-budget, --grad-accum, --val-fraction,
+    --data-seed, when to validate and save) are what makes that one pass possible: every run
+    sees the same batches in the same order, so they are shared by the runs of a pass. A grid
+    over a data setting (--grid epochs=1,2) trains one such pass per value, one after another.
+
+    Each run goes in OUT/<its settings> (e.g. kind-ladder_lr-0.003: no quoting needed, a valid
+    Hub repository name), with its full settings in its train_config.yaml. One line per run
+    shows its progress; at the end the summary (summary.csv, val_loss.png) lists the runs by
+    their best validation loss, the best marked *. With --early-stop, each run stops on its own
+    while the others go on.
 
     \b
     Example:
       train_side sweep stores/x.zarr --out runs/sweep --grid kind=ladder,xladder --grid lr=1e-3,3e-3
     """
     side, optim, data = split_options(o)
-    grid = (load_grid(grid_file) if grid_file else {}) | parse_grid_options(list(grid_options))
+    grid = grid_of(ctx.meta.get("grid", {}), "--config's grid") | (load_grid(grid_file) if grid_file else {})
+    grid |= parse_grid_options(list(grid_options))
     rows = sweep(o["store"], o["out"], grid, side=side, optim=vars(optim), data=data, device=o["device"],
-                 resume=o["resume"], jobs=jobs)
+                 resume=o["resume"], jobs=jobs, log=o["log"], keep_resume=o["keep_resume"])
     click.echo(format_table(rows))
-    click.echo(f"\nsummary: {o['out']}/summary.csv, {o['out']}/val_loss.png")
+    click.echo(f"\nsummary: {o['out']}/summary.csv, {o['out']}/val_loss.png; settings: {o['out']}/{SWEEP_SETTINGS}")
 
 
 @main.command("eval")
@@ -167,7 +232,7 @@ def parse_layers(value: str | None) -> list[int] | None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Where probe.json goes.")
 @click.option("--layers", default=None, callback=lambda ctx, param, value: parse_layers(value),
               help="Stored layers to probe, e.g. 0,10,20,30 (default: every stored layer).")
-@config_options(DataConfig, skip=("eval_every", "save_every"))
+@config_options(DataConfig, skip=("eval_every", "save_every", "grad_accum", "early_stop"))
 @click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate of the probes (AdamW).")
 @click.option("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N].")
 def probe_cmd(store, out, layers, lr, device, **o) -> None:

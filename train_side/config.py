@@ -46,9 +46,15 @@ class DataConfig:
         "help": "Steps between validations (0: at the end of each epoch only).", "min": 0})
     save_every: int = field(default=0, metadata={
         "help": "Steps between checkpoints (0: at the end of each epoch only).", "min": 0})
+    grad_accum: int = field(default=1, metadata={
+        "help": "Batches per optimizer step (gradient accumulation): a step sees the union of N batches. Steps, "
+                "--max-steps, the schedule and --eval-every/--save-every count optimizer steps.", "min": 1})
+    early_stop: int = field(default=0, metadata={
+        "help": "Stop a run after this many validations without a better validation loss (0: never); its best "
+                "weights are in RUN/best either way.", "min": 0})
 
     def total_steps(self, steps_per_epoch: int) -> int:
-        """The steps of a job whose epochs have ``steps_per_epoch`` batches."""
+        """The optimizer steps of a job whose epochs have ``steps_per_epoch`` steps."""
         return self.max_steps or self.epochs * steps_per_epoch
 
 

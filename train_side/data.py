@@ -66,6 +66,14 @@ def read_batch(store: FeatureStore, indices: np.ndarray, layers) -> Batch:
     return Batch(hidden, as_tensor(padded.input_ids), as_tensor(padded.loss_mask), int(padded.lengths.sum()))
 
 
+def steps_of(batches: list[np.ndarray], grad_accum: int) -> list[list[np.ndarray]]:
+    """The batches of each optimizer step: runs of ``grad_accum`` consecutive batches (the last may
+    be shorter). Consecutive batches hold examples of similar length, so a step is the union of
+    its batches, as one batch of ``grad_accum`` times the token budget would be; an epoch shuffles
+    the steps, never their batches."""
+    return [batches[i:i + grad_accum] for i in range(0, len(batches), grad_accum)]
+
+
 def epoch_order(n_batches: int, seed: int, epoch: int) -> np.ndarray:
     """The batch order of an epoch: a function of (seed, epoch) only, so a resumed run and
     every model of a sweep see exactly the same sequence."""

@@ -6,7 +6,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from featurestore.options import config_from_options, config_options, config_values, field_names
+from featurestore.options import (config_from_options, config_options, config_values, destination, field_names,
+                                  option_names, option_values)
 
 
 @dataclass
@@ -102,3 +103,17 @@ def test_field_names_maps_every_spelling_to_the_field():
     names = field_names(Model, Data)
     assert {names[n] for n in ("heads", "n-heads", "n_heads")} == {"n_heads"}
     assert names["data-seed"] == names["data_seed"] == "seed" and "size" not in names
+
+
+def test_option_names_keep_two_configs_fields_of_one_name_apart():
+    names = option_names(Model, Data)
+    assert names["seed"] == (Model, "seed") and names["data-seed"] == names["data_seed"] == (Data, "seed")
+    assert {names[n] for n in ("heads", "n-heads", "n_heads")} == {(Model, "n_heads")} and "size" not in names
+    assert destination(Data, "seed") == "data_seed" and destination(Model, "n_heads") == "n_heads"
+
+
+def test_option_values_are_what_the_command_would_receive():
+    options = parse("--kind", "b", "--heads", "4", "--no-mix", "--data-seed", "7")
+    data = config_from_options(Data, dict(options))
+    model = Model(size=3, **config_values(Model, dict(options)))
+    assert option_values(model) | option_values(data) == options  # the round trip, by option name

@@ -113,12 +113,14 @@ def test_every_file_of_a_run_takes_the_process_umask(store, tmp_path):
     old = os.umask(0o022)
     try:
         result = CliRunner().invoke(train_side, ["train", store, "--out", str(tmp_path / "run"), "--epochs", "1",
-                                                 *SMALL])
+                                                 "--keep-resume", *SMALL])
     finally:
         os.umask(old)
     assert result.exit_code == 0, result.output
-    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir() if p.is_file()}
-    assert modes["side.safetensors"] == modes["side_config.json"] == modes["resume.pt"] == 0o644, modes
+    modes = {str(p.relative_to(tmp_path / "run")): p.stat().st_mode & 0o777 for p in (tmp_path / "run").rglob("*")
+             if p.is_file()}
+    saved = ("side.safetensors", "side_config.json", "resume.pt", "best/side.safetensors", "best/side_config.json")
+    assert {modes[name] for name in saved} == {0o644}, modes
 
 
 @pytest.mark.parametrize("prompt", ["", "   "])

@@ -2,8 +2,9 @@
 
 from dataclasses import asdict
 
-import pytest
 import click
+import pytest
+import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
@@ -54,7 +55,9 @@ def test_a_grid_key_may_be_any_name_of_a_flag():
     with pytest.raises(GridError, match="twice"):
         parse_grid_options(["heads=2", "n_heads=4"])
     with pytest.raises(GridError, match="sweepable: .*n_heads"):
-        parse_grid_options(["data_seed=1"])  # the data settings are shared by all runs
+        parse_grid_options(["colour=red"])
+    # a data setting is known by its own option's name: --seed is the initialisation's, --data-seed the data's
+    assert parse_grid_options(["seed=1", "data-seed=2"]) == {"seed": [1], "data_seed": [2]}
 
 
 def test_sweep_over_heads_from_the_command_line(tmp_path, tiny_store):
@@ -62,7 +65,7 @@ def test_sweep_over_heads_from_the_command_line(tmp_path, tiny_store):
                                        "--epochs", "1", "--token-budget", "128", "--device", "cpu",
                                        "--grid", "heads=2,4"])
     assert result.exit_code == 0, result.output
-    assert [checkpoint.load_config(tmp_path / "s" / f"n_heads={n}")["side"]["n_heads"] for n in (2, 4)] == [2, 4]
+    assert [checkpoint.load_config(tmp_path / "s" / f"n_heads-{n}")["side"]["n_heads"] for n in (2, 4)] == [2, 4]
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, tiny_store, monkeypatch):
@@ -119,3 +122,51 @@ def test_exit_codes_usage_errors_2_the_rest_1(tmp_path):
     assert runner.invoke(main, ["eval", str(tmp_path), "--no-such-option"]).exit_code == 2
     assert runner.invoke(main, ["eval", str(tmp_path), "--limit", "many"]).exit_code == 2
     assert runner.invoke(main, ["generate", str(tmp_path), "hi", "--repetition-penalty", "0"]).exit_code == 2
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_a_runs_train_config_trains_it_again_and_the_command_line_overrides_it(tmp_path, tiny_store):
+    run_cli("train", tiny_store, "--out", tmp_path / "a", "--side-width", "16", "--heads", "2", "--epochs", "1",
+            "--token-budget", "128", "--lr", "0.01", "--data-seed", "3", "--no-mix")
+    saved = yaml.safe_load((tmp_path / "a" / "train_config.yaml").read_text())
+    assert saved["store"] == str(tiny_store) and saved["out"] == str(tmp_path / "a")
+    assert (saved["side_width"], saved["n_heads"], saved["lr"], saved["data_seed"], saved["mix"]) == (16, 2, 0.01, 3, False)
+    run_cli("train", "--config", tmp_path / "a" / "train_config.yaml", "--out", tmp_path / "b")
+    a, b = load_file(tmp_path / "a" / "side.safetensors"), load_file(tmp_path / "b" / "side.safetensors")
+    assert all(a[k].equal(b[k]) for k in a)  # the same run again
+    run_cli("train", "--config", tmp_path / "a" / "train_config.yaml", "--out", tmp_path / "c", "--lr", "0.02")
+    c = checkpoint.load_config(tmp_path / "c")
+    assert c["optim"]["lr"] == 0.02 and c["data"]["seed"] == 3 and c["side"]["mix"] is False
+
+
+def test_a_config_file_takes_any_name_of_an_option(tmp_path, tiny_store):
+    (tmp_path / "run.yaml").write_text(f"store: {tiny_store}\nside-width: 16\nheads: 2\ntoken_budget: 128\n"
+                                       "epochs: 1\ngrad-accum: 2\ndevice: cpu\n")
+    run_cli("train", "--config", tmp_path / "run.yaml", "--out", tmp_path / "r")
+    saved = checkpoint.load_config(tmp_path / "r")
+    assert (saved["side"]["n_heads"], saved["data"]["token_budget"], saved["data"]["grad_accum"]) == (2, 128, 2)
+    (tmp_path / "bad.yaml").write_text("lr: 0.01\ncolour: red\n")
+    bad = CliRunner().invoke(main, ["train", str(tiny_store), "--out", str(tmp_path / "x"), "--config",
+                                    str(tmp_path / "bad.yaml")])
+    assert bad.exit_code == 2 and "sets colour, which are not options of `train`" in bad.output
+
+
+def test_a_sweeps_config_holds_its_grid_and_trains_it_again(tmp_path, tiny_store):
+    (tmp_path / "sweep.yaml").write_text(f"store: {tiny_store}\nside_width: 16\nheads: 2\nepochs: 1\n"
+                                         "token_budget: 128\ngrid:\n  lr: [0.001, 0.003]\n  taps: [[2, 4], [4]]\n")
+    first = run_cli("sweep", "--config", tmp_path / "sweep.yaml", "--out", tmp_path / "s", "--grid", "lr=0.01")
+    assert "lr-0.01_taps-2.4" in first.stdout and "lr-0.001" not in first.stdout  # the command line's lr wins
+    saved = yaml.safe_load((tmp_path / "s" / "sweep_config.yaml").read_text())
+    assert saved["grid"] == {"lr": [0.01], "taps": [[2, 4], [4]]}
+    run_cli("sweep", "--config", tmp_path / "s" / "sweep_config.yaml", "--out", tmp_path / "t")
+    for name in ("lr-0.01_taps-2.4", "lr-0.01_taps-4"):
+        a, b = (load_file(tmp_path / d / name / "side.safetensors") for d in ("s", "t"))
+        assert all(a[k].equal(b[k]) for k in a)
+        run_cli("train", "--config", tmp_path / "s" / name / "train_config.yaml", "--out", tmp_path / "alone" / name)
+        alone = load_file(tmp_path / "alone" / name / "side.safetensors")
+        assert all(a[k].equal(alone[k]) for k in a)  # each run's own config trains it alone

@@ -3,7 +3,7 @@ import pytest
 
 from featurestore import FeatureStore
 from train_side.config import DataConfig
-from train_side.data import epoch_order, epochs_from, plan, read_ahead, read_batch, split_examples
+from train_side.data import epoch_order, epochs_from, plan, read_ahead, read_batch, split_examples, steps_of
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,10 @@ def test_read_ahead_yields_in_order_stops_early_and_reraises(store):
         pass
     with pytest.raises(IndexError):
         list(read_ahead(store, [np.array([0]), np.array([10_000])], [0]))
+
+
+def test_a_step_is_a_run_of_consecutive_batches_the_last_shorter():
+    batches = [np.arange(i, i + 2) for i in range(0, 10, 2)]
+    steps = steps_of(batches, 2)
+    assert [[b.tolist() for b in step] for step in steps] == [[[0, 1], [2, 3]], [[4, 5], [6, 7]], [[8, 9]]]
+    assert steps_of(batches, 1) == [[b] for b in batches]

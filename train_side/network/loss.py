@@ -93,13 +93,18 @@ def batch_loss(model: SideNetwork, head: FrozenHead, batch: Batch) -> torch.Tens
     return next_token_loss(y.float(), batch.input_ids, batch.loss_mask, head)
 
 
+def target_count(batch: Batch) -> int:
+    """The target tokens a batch's loss is the mean over (a target at position 0 is never scored)."""
+    return int(batch.loss_mask[:, 1:].sum())
+
+
 @torch.no_grad()
 def mean_loss(model: SideNetwork, head: FrozenHead, batches) -> float:
     """Mean loss per target token over batches (teacher-forced: no generation, no backbone)."""
     model.eval()
     total = targets = 0.0
     for batch in batches:
-        n = int(batch.loss_mask[:, 1:].sum())
+        n = target_count(batch)
         total += batch_loss(model, head, batch).item() * n
         targets += n
     return total / targets

@@ -5,6 +5,10 @@ so a run holds ``<out>/.lock`` (an advisory file lock, released by the OS when i
 for as long as it writes; a second run is refused and told who holds it. A run killed before its
 first checkpoint leaves only metrics of steps that no checkpoint keeps: a fresh run or a resume
 simply starts over there, with nothing to delete by hand.
+
+Beside its checkpoint a run keeps ``best/`` (the checkpoint of its best validation loss so far, a
+run directory of its own) and ``train_config.yaml`` (its settings as the options of `train_side
+train`: ``--config`` reads it back to train the same run again).
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import yaml
 from filelock import FileLock, Timeout
 
 from featurestore.errors import UserError
 
-from ..checkpoint import RESUME, WEIGHTS
+from ..checkpoint import CONFIG, RESUME, WEIGHTS
 
 LOCK, OWNER = ".lock", ".lock.owner"
+BEST, SETTINGS = "best", "train_config.yaml"
 
 
 class RunDirectoryBusy(UserError, RuntimeError):
@@ -48,6 +54,16 @@ def claim(out: Path) -> FileLock:
 def has_checkpoint(out: Path) -> bool:
     """Whether ``out`` holds a checkpoint a run can resume from (weights and optimiser state)."""
     return (out / WEIGHTS).is_file() and (out / RESUME).is_file()
+
+
+def has_run(out: Path) -> bool:
+    """Whether ``out`` holds a saved run, finished (its resume state deleted) or not."""
+    return (out / WEIGHTS).is_file() and (out / CONFIG).is_file()
+
+
+def write_settings(out: Path, settings: dict) -> None:
+    """``train_config.yaml``: ``settings`` in the order given, one option a line."""
+    (Path(out) / SETTINGS).write_text(yaml.safe_dump(settings, sort_keys=False))
 
 
 @contextmanager

@@ -6,36 +6,39 @@ optimizer, schedule, metrics and checkpoints). No backbone is ever loaded.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import shutil
 import signal
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from extract.provenance import Provenance
 from featurestore import FeatureStore
 from featurestore.errors import UserError
+from featurestore.options import option_values
 
 from .. import checkpoint
 from ..backbone import reload_backbone
 from ..checkpoint import Checkpoint, TrainedFrom
 from ..config import DataConfig, OptimConfig
-from ..data import epochs_from, loader_settings, plan, read_ahead, split_examples
+from ..data import epochs_from, loader_settings, plan, read_ahead, split_examples, steps_of
 from ..devices import resolve_device
 from ..network.batch import Batch
-from ..network.loss import batch_loss, mean_loss
-from ..network.model import FrozenHead, SideConfig, SideNetwork
+from ..network.loss import batch_loss, mean_loss, target_count
+from ..network.model import FrozenHead, SideConfig, SideNetwork, without_ladder_only
 from ..network.prune import copy_top_blocks, top_settings
 from . import rundir
 from .plots import loss_curve
+from .progress import Progress
+from .trackers import NoTracker, Tracker, open_tracker
 
 
 class TrainError(UserError, ValueError):
@@ -54,8 +57,9 @@ class ResumeError(UserError, ValueError):
     """A resume asked with settings (or a store) other than those the run was trained with."""
 
 
-# when to validate and save: the weights a run ends with do not depend on these, so a resume may change them
-RESUMABLE_CHANGES = {"eval_every", "save_every"}
+# when to validate, save and stop: the weights of the steps a run has done do not depend on these, so a
+# resume may change them
+RESUMABLE_CHANGES = {"eval_every", "save_every", "early_stop"}
 
 
 def changed_settings(saved: Checkpoint, side: SideConfig, optim: OptimConfig, data: DataConfig) -> list[str]:
@@ -118,7 +122,13 @@ class Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.step = 0
         self.val_loss: float | None = None
+        self.best_loss: float | None = None  # the lowest validation loss so far: RUN/best holds its weights
+        self.evals_since_best = 0
+        self.stopped_early = False
+        self.finished = False  # its last step done, or stopped early: nothing left to train
         self.seconds = 0.0
+        self.tracker: Tracker = NoTracker()
+        self._accumulated = [0, 0.0, 0]  # the step being accumulated: (targets, loss x targets, first batch's targets)
         self.out.mkdir(parents=True, exist_ok=True)
 
     @classmethod
@@ -132,49 +142,107 @@ class Run:
                    steps_per_epoch=steps_per_epoch)
 
     def start_fresh(self) -> None:
-        if rundir.has_checkpoint(self.out):
+        if rundir.has_run(self.out):
             raise RunDirectoryError(f"{self.out} already holds a training run; resume it (--resume) or choose "
                                     "another --out")
         (self.out / "metrics.jsonl").unlink(missing_ok=True)  # a run killed before its first checkpoint
+        shutil.rmtree(self.out / rundir.BEST, ignore_errors=True)
 
     def lr_factor(self, step: int) -> float:
         return lr_factor(step, self.total_steps, self.optim)
 
-    def train_step(self, batch: Batch) -> float:
+    def accumulate(self, batch: Batch) -> None:
+        """Adds the gradient of ``batch``'s loss to the optimizer step being accumulated. Each
+        batch's mean loss is weighted by its target tokens (relative to the step's first batch, so
+        that a step of one batch is exactly its mean loss): see ``optimizer_step``."""
         start = time.perf_counter()
         self.model.train()
+        targets, total, first = self._accumulated
+        n = target_count(batch)
+        if not first:
+            self.optimizer.zero_grad(set_to_none=True)
+            first = n
         loss = batch_loss(self.model, self.head, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (n / first)).backward()
+        self._accumulated = [targets + n, total + loss.item() * n, first]
+        self.seconds += time.perf_counter() - start
+
+    def optimizer_step(self) -> float:
+        """Takes the optimizer step of the batches accumulated since the last one, with the gradient
+        of their mean loss per target token: the gradient of one batch holding them all, up to
+        float error. Returns that loss."""
+        start = time.perf_counter()
+        targets, total, first = self._accumulated
+        self._accumulated = [0, 0.0, 0]
+        if targets != first:  # more than one batch: from the first batch's scale to the mean over all
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(first / targets)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         self.seconds += time.perf_counter() - start
-        return loss.item()
+        return total / targets
+
+    def train_step(self, batches: Batch | Sequence[Batch]) -> float:
+        """One optimizer step on a batch, or on several accumulated (``--grad-accum``); its loss."""
+        for batch in [batches] if isinstance(batches, Batch) else batches:
+            self.accumulate(batch)
+        return self.optimizer_step()
 
     def validate(self, batches: list[Batch]) -> float:
         self.val_loss = mean_loss(self.model, self.head, batches)
         return self.val_loss
 
+    def keep_best(self) -> None:
+        """After a validation: a better loss than any before is saved as RUN/best (a run directory
+        of its own); otherwise one more validation without improvement counts towards
+        ``data.early_stop``, which stops the run once reached."""
+        if self._count(self.val_loss):
+            (self.out / rundir.BEST).mkdir(exist_ok=True)
+            checkpoint.save(self.out / rundir.BEST, self.model, self.describe())
+
+    def _count(self, val_loss: float) -> bool:
+        """Counts a validation loss towards the best loss and the patience; whether it is a new best."""
+        improved = self.best_loss is None or val_loss < self.best_loss
+        self.best_loss, self.evals_since_best = (val_loss, 0) if improved else (self.best_loss, self.evals_since_best + 1)
+        self.stopped_early = 0 < self.data.early_stop <= self.evals_since_best
+        return improved
+
     def log(self, record: dict) -> None:
         with (self.out / "metrics.jsonl").open("a") as f:
             f.write(json.dumps({"step": self.step, **record}) + "\n")
+        self.tracker.log(self.step, {k: v for k, v in record.items() if k != "epoch"})
 
     def save(self) -> None:
         checkpoint.save(self.out, self.model, self.describe())
         checkpoint.save_resume_state(self.out, self.optimizer, self.scheduler, self.step)
 
+    def finish(self, keep_resume: bool = False) -> None:
+        """The run is done and saved: its resume state is deleted (unless ``keep_resume``), and its
+        tracker closed."""
+        self.finished = True
+        if not keep_resume:
+            (self.out / checkpoint.RESUME).unlink(missing_ok=True)
+        self.close_tracker()
+
+    def close_tracker(self) -> None:
+        """Flushes and closes the run's tracker (once: a closed run logs to no tracker)."""
+        self.tracker.close()
+        self.tracker = NoTracker()
+
     def describe(self) -> Checkpoint:
         return Checkpoint(name=self.name, side=self.side, optim=self.optim, data=self.data, store=self.trained_from,
                           n_parameters=self.model.n_parameters(), step=self.step,
                           epochs=round(self.step / self.steps_per_epoch, 4), val_loss=self.val_loss,
-                          train_seconds=round(self.seconds, 3))
+                          train_seconds=round(self.seconds, 3), stopped_early=self.stopped_early)
 
     def resume(self) -> None:
-        """Continues from this run's last checkpoint (weights, optimizer, schedule, step); a run
-        killed before its first checkpoint starts over."""
-        if not rundir.has_checkpoint(self.out):
+        """Continues from this run's last checkpoint (weights, optimizer, schedule, step, best
+        validation loss); a run killed before its first checkpoint starts over, and a finished one
+        is only loaded."""
+        if not rundir.has_run(self.out):
             return self.start_fresh()
         saved = Checkpoint.load(self.out)
         if saved.store.fingerprint != self.trained_from.fingerprint:
@@ -182,13 +250,22 @@ class Run:
                               "resume it from that store, or train into a new --out")
         if changes := changed_settings(saved, self.side, self.optim, self.data):
             raise ResumeError(f"{self.out} was trained with other settings ({'; '.join(changes)}): resume with the "
-                              "run's own settings (its side_config.json), or train into a new --out")
+                              "run's own settings (its train_config.yaml), or train into a new --out")
         self.model.load_state_dict(checkpoint.load_weights(self.out, self.device))
-        self.step = checkpoint.load_resume_state(self.out, self.optimizer, self.scheduler, self.device)
-        self.val_loss = saved.val_loss
+        self.step, self.val_loss, self.seconds = saved.step, saved.val_loss, saved.train_seconds
+        self.finished = saved.stopped_early or saved.step >= self.total_steps
+        if not self.finished:
+            if not rundir.has_checkpoint(self.out):
+                raise ResumeError(f"{self.out} has no {checkpoint.RESUME} to continue from (it was deleted); train "
+                                  "into a new --out")
+            self.step = checkpoint.load_resume_state(self.out, self.optimizer, self.scheduler, self.device)
         kept = [line for line in (self.out / "metrics.jsonl").read_text().splitlines()
                 if json.loads(line)["step"] <= self.step]  # drop what was logged after the checkpoint
         (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+        for record in map(json.loads, kept):  # the best loss and the patience as they were at the checkpoint
+            if "val_loss" in record:
+                self._count(record["val_loss"])
+        self.stopped_early = saved.stopped_early
 
 
 def store_info(store: FeatureStore) -> TrainedFrom:
@@ -202,21 +279,31 @@ def backbone_dims(store: FeatureStore) -> dict:
 
 
 def train(store, out: str | Path, *, side: dict | None = None, optim: OptimConfig | None = None,
-          data: DataConfig | None = None, device: str = "auto", resume: bool = False, progress: bool = True) -> Run:
+          data: DataConfig | None = None, device: str = "auto", resume: bool = False, progress: bool = True,
+          log: str = "none", keep_resume: bool = False) -> Run:
     """Trains one side network (``side``: SideConfig settings beyond the backbone's sizes) from a
-    feature store into ``out``: side.safetensors, side_config.json, metrics.jsonl, loss.png."""
+    feature store into ``out``: side.safetensors, side_config.json, train_config.yaml,
+    metrics.jsonl, loss.png and best/ (see ``fit`` for ``log`` and ``keep_resume``)."""
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     config = SideConfig(**backbone_dims(store), **(side or {}))
     [run] = fit(store, [RunSpec.at(Path(out), config, optim)], data or DataConfig(), device=device, resume=resume,
-                progress=progress)
+                progress=progress, log=log, keep_resume=keep_resume)
     return run
 
 
 def fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: str = "auto", resume: bool = False,
-        progress: bool = True, init: Callable[[SideNetwork], object] | None = None) -> list[Run]:
+        progress: bool = True, init: Callable[[SideNetwork], object] | None = None, log: str = "none",
+        keep_resume: bool = False) -> list[Run]:
     """``_fit``, holding every run's output directory (one writer at a time: ``rundir``)."""
     with rundir.holding([spec.out for spec in specs]):
-        return _fit(store, specs, data, device, resume, progress, init)
+        return _fit(store, specs, data, device, resume, progress, init, log, keep_resume)
+
+
+def run_settings(run: Run, store: FeatureStore, device: str, log: str) -> dict:
+    """The options of `train_side train` that train ``run`` again (its train_config.yaml)."""
+    side = {k: v for k, v in option_values(run.side).items() if k not in backbone_dims(store)}
+    return {"store": store.location, "out": str(run.out), **without_ladder_only(side), **option_values(run.optim),
+            **option_values(run.data), "device": device, "log": log}
 
 
 def top_blocks(store: FeatureStore, specs: list[RunSpec]) -> tuple[list[RunSpec], Callable | None]:
@@ -241,6 +328,29 @@ def top_block_weights(store: FeatureStore, delta: int) -> tuple[dict, dict]:
     return backbone.top_blocks(delta)
 
 
+def accumulate(runs: list[Run], batches: Iterator[Batch], device: torch.device) -> int:
+    """Feeds each of ``batches`` (one optimizer step's) to every run as it is read, so that one
+    batch is on the device at a time; returns their tokens."""
+    tokens = 0
+    for batch in batches:
+        batch = batch.to(device)
+        tokens += batch.n_tokens
+        for run in runs:
+            run.accumulate(batch)
+    return tokens
+
+
+@contextmanager
+def closing_trackers(runs: list[Run]) -> Iterator[None]:
+    """Closes every run's tracker when the block ends, however it ends (an interrupted run's
+    events are flushed too)."""
+    try:
+        yield
+    finally:
+        for run in runs:
+            run.close_tracker()
+
+
 @contextmanager
 def interrupt_after_step() -> Iterator[threading.Event]:
     """Ctrl-C sets the event the training loop checks after each step, so that every run stops at
@@ -263,13 +373,17 @@ def interrupt_after_step() -> Iterator[threading.Event]:
 
 
 def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: str = "auto", resume: bool = False,
-         progress: bool = True, init: Callable[[SideNetwork], object] | None = None) -> list[Run]:
+         progress: bool = True, init: Callable[[SideNetwork], object] | None = None, log: str = "none",
+         keep_resume: bool = False) -> list[Run]:
     """Trains every run over one pass of the data per epoch: each batch is read and decoded once
-    (the union of the runs' input layers) and fed to every run in turn. ``init`` (e.g.
-    ``prune.init_from_backbone``) sets the weights of each run that starts fresh."""
-    device = resolve_device(device)
+    (the union of the runs' input layers) and fed to every run in turn; ``data.grad_accum``
+    batches make one optimizer step. ``init`` (e.g. ``prune.init_from_backbone``) sets the
+    weights of each run that starts fresh. Each run stops at the last step, or on its own after
+    ``data.early_stop`` validations without improvement while the others go on; a finished run
+    keeps its resume.pt only with ``keep_resume``. ``log``: see ``trackers``."""
+    asked_device, device = device, resolve_device(device)
     train_idx, val_idx = split_examples(store.n_examples, data.val_fraction, data.seed)
-    train_batches = plan(store, train_idx, data.token_budget)
+    steps = steps_of(plan(store, train_idx, data.token_budget), data.grad_accum)
     val_batches = plan(store, val_idx, data.token_budget) if len(val_idx) else []
     layers = sorted({k for spec in specs for k in spec.side.inputs})
     missing = sorted(set(layers) - set(store.layers))
@@ -277,47 +391,63 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
         raise TrainError(f"the side networks read hidden states {missing}, which the store does not hold "
                          f"(it has {list(store.layers)}); extract them or change the taps")
     head = FrozenHead(*store.head()).to(device)  # one copy for every run
-    per_epoch = len(train_batches)
+    per_epoch = len(steps)
     total_steps = data.total_steps(per_epoch)
     specs, start_top = top_blocks(store, specs)
     runs = [Run.for_store(store, spec, data=data, total_steps=total_steps, device=device, head=head,
                           steps_per_epoch=per_epoch) for spec in specs]
+    settings = {run.out: run_settings(run, store, asked_device, log) for run in runs}
     for run in runs:
         run.resume() if resume else run.start_fresh()
+        rundir.write_settings(run.out, settings[run.out])
         for start in (start_top, init) if run.step == 0 else ():
             if start is not None:
                 start(run.model)
     del start_top  # the backbone: no longer needed
-    loader = loader_settings(device)
-    validation = [b.to(device) for b in read_ahead(store, val_batches, layers, **loader)]
-    start_step = min(run.step for run in runs)
-    if any(run.step != start_step for run in runs):
+    active = [run for run in runs if not run.finished]
+    start_step = min((run.step for run in active), default=total_steps)
+    if any(run.step != start_step for run in active):
         raise TrainError("the runs of this job stopped at different steps; resume them separately")
-    with tqdm(total=total_steps, initial=start_step, unit="step", desc="train", disable=not progress,
-              file=sys.stderr) as bar, interrupt_after_step() as interrupted:
+    for run in active:
+        run.tracker = open_tracker(log, run.out, run.name, run.step, settings[run.out])
+    loader = loader_settings(device)
+    validation = [b.to(device) for b in read_ahead(store, val_batches, layers, **loader)] if active else []
+    with Progress([run.name for run in active], total_steps, start_step, progress) as bars, \
+            interrupt_after_step() as interrupted, closing_trackers(runs):
         for epoch, order in epochs_from(per_epoch, data, start_step):
-            batches = [train_batches[i] for i in order]
-            tick = time.perf_counter()
-            for batch in read_ahead(store, batches, layers, **loader):
-                batch = batch.to(device)
-                losses = [run.train_step(batch) for run in runs]
-                elapsed, tick = time.perf_counter() - tick, time.perf_counter()
-                for run, loss in zip(runs, losses):
-                    run.log({"epoch": epoch, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
-                             "tokens": batch.n_tokens, "tokens_per_s": batch.n_tokens * len(runs) / elapsed})
-                bar.update()
-                bar.set_postfix(loss=f"{losses[0]:.3f}", tok_s=f"{batch.n_tokens * len(runs) / elapsed:,.0f}")
-                step = runs[0].step
-                end_of_epoch = step % per_epoch == 0 or step == total_steps
-                if validation and (end_of_epoch or data.eval_every and step % data.eval_every == 0):
-                    for run in runs:
-                        run.log({"epoch": epoch, "val_loss": run.validate(validation)})
-                if end_of_epoch or data.save_every and step % data.save_every == 0 or interrupted.is_set():
-                    for run in runs:
-                        run.save()
-                if interrupted.is_set():
-                    raise TrainingInterrupted(f"interrupted: {len(runs)} run(s) saved at step {step} of {total_steps}; "
-                                              "run the same command with --resume to continue")
+            with closing(read_ahead(store, [b for i in order for b in steps[i]], layers, **loader)) as batches:
+                tick = time.perf_counter()
+                for i in order:
+                    tokens = accumulate(active, itertools.islice(batches, len(steps[i])), device)
+                    losses = [run.optimizer_step() for run in active]
+                    elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+                    for run, loss in zip(active, losses):
+                        run.log({"epoch": epoch, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+                                 "tokens": tokens, "tokens_per_s": tokens * len(active) / elapsed})
+                        bars.step(run, loss, tokens * len(active) / elapsed)
+                    step = active[0].step
+                    end_of_epoch = step % per_epoch == 0 or step == total_steps
+                    if validation and (end_of_epoch or data.eval_every and step % data.eval_every == 0):
+                        for run in active:
+                            run.log({"epoch": epoch, "val_loss": run.validate(validation)})
+                            run.keep_best()
+                            bars.show(run)
+                    saving = end_of_epoch or data.save_every and step % data.save_every == 0 or interrupted.is_set()
+                    for run in active:
+                        if saving or run.stopped_early:
+                            run.save()
+                        if run.stopped_early:
+                            bars.stopped(run)
+                        if run.stopped_early or step == total_steps:
+                            run.finish(keep_resume)
+                    active = [run for run in active if not run.finished]
+                    if interrupted.is_set():
+                        raise TrainingInterrupted(f"interrupted: {len(active)} run(s) saved at step {step} of "
+                                                  f"{total_steps}; run the same command with --resume to continue")
+                    if not active:
+                        break
+            if not active:
+                break
     for run in runs:
         loss_curve(run.out)
     return runs

@@ -23,7 +23,7 @@ URL = "hf://team/tiny-ladder"
 def run(tiny_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("hub-run") / "ladder"
     train(tiny_store, out, side={"side_width": 8, "n_heads": 2}, data=DataConfig(epochs=1, val_fraction=0.2),
-          progress=False)
+          progress=False, keep_resume=True)
     (out / "eval").mkdir()
     (out / "eval" / "metrics.json").write_text(json.dumps(
         {"model": "ladder", "dataset": "counting", "split": "test", "examples": 20, "accuracy": 0.35,
