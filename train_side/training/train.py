@@ -165,6 +165,12 @@ class Run:
         checkpoint.save(self.out, self.model, self.describe())
         checkpoint.save_resume_state(self.out, self.optimizer, self.scheduler, self.step)
 
+    def release(self) -> None:
+        """Frees the weights and optimiser state of a run that stopped early (it was saved first), so
+        that the runs still training get the memory; its parameter count stays readable."""
+        self.optimizer = self.scheduler = None
+        self.model.to("meta")
+
     def describe(self) -> Checkpoint:
         return Checkpoint(name=self.name, side=self.side, optim=self.optim, data=self.data, store=self.trained_from,
                           n_parameters=self.model.n_parameters(), step=self.step,
@@ -212,11 +218,22 @@ def train(store, out: str | Path, *, side: dict | None = None, optim: OptimConfi
     return run
 
 
+@dataclass(frozen=True)
+class Watch:
+    """What a caller may add to the training loop (a tuner's pruning): ``due(step)`` asks for a
+    validation at more steps than the data settings', and after every validation ``stop(runs)``
+    names the runs to stop there; each is saved and released, and the others go on."""
+
+    due: Callable[[int], bool] = lambda step: False
+    stop: Callable[[list[Run]], list[Run]] = lambda runs: []
+
+
 def fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: str = "auto", resume: bool = False,
-        progress: bool = True, init: Callable[[SideNetwork], object] | None = None) -> list[Run]:
+        progress: bool = True, init: Callable[[SideNetwork], object] | None = None,
+        watch: Watch = Watch()) -> list[Run]:
     """``_fit``, holding every run's output directory (one writer at a time: ``rundir``)."""
     with rundir.holding([spec.out for spec in specs]):
-        return _fit(store, specs, data, device, resume, progress, init)
+        return _fit(store, specs, data, device, resume, progress, init, watch)
 
 
 def top_blocks(store: FeatureStore, specs: list[RunSpec]) -> tuple[list[RunSpec], Callable | None]:
@@ -253,10 +270,12 @@ def interrupt_after_step() -> Iterator[threading.Event]:
 
 
 def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: str = "auto", resume: bool = False,
-         progress: bool = True, init: Callable[[SideNetwork], object] | None = None) -> list[Run]:
+         progress: bool = True, init: Callable[[SideNetwork], object] | None = None,
+         watch: Watch = Watch()) -> list[Run]:
     """Trains every run over one pass of the data per epoch: each batch is read and decoded once
     (the union of the runs' input layers) and fed to every run in turn. ``init`` (e.g.
-    ``prune.init_from_backbone``) sets the weights of each run that starts fresh."""
+    ``prune.init_from_backbone``) sets the weights of each run that starts fresh; ``watch`` may
+    stop runs early (see Watch)."""
     device = resolve_device(device)
     train_idx, val_idx = split_examples(store.n_examples, data.val_fraction, data.seed)
     train_batches = plan(store, train_idx, data.token_budget)
@@ -280,6 +299,7 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
     del start_top  # the backbone: no longer needed
     loader = loader_settings(device)
     validation = [b.to(device) for b in read_ahead(store, val_batches, layers, **loader)]
+    everyone = list(runs)  # those stopped early by the watch included
     start_step = min(run.step for run in runs)
     if any(run.step != start_step for run in runs):
         raise TrainError("the runs of this job stopped at different steps; resume them separately")
@@ -299,15 +319,24 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
                 bar.set_postfix(loss=f"{losses[0]:.3f}", tok_s=f"{batch.n_tokens * len(runs) / elapsed:,.0f}")
                 step = runs[0].step
                 end_of_epoch = step % per_epoch == 0 or step == total_steps
-                if validation and (end_of_epoch or data.eval_every and step % data.eval_every == 0):
+                if validation and (end_of_epoch or data.eval_every and step % data.eval_every == 0 or watch.due(step)):
                     for run in runs:
                         run.log({"epoch": epoch, "val_loss": run.validate(validation)})
+                    if stopped := watch.stop(runs):
+                        for run in stopped:
+                            run.save()
+                            run.release()
+                        runs = [run for run in runs if run not in stopped]
+                        if not runs:
+                            break
                 if end_of_epoch or data.save_every and step % data.save_every == 0 or interrupted.is_set():
                     for run in runs:
                         run.save()
                 if interrupted.is_set():
                     raise TrainingInterrupted(f"interrupted: {len(runs)} run(s) saved at step {step} of {total_steps}; "
                                               "run the same command with --resume to continue")
-    for run in runs:
+            if not runs:
+                break
+    for run in everyone:
         loss_curve(run.out)
-    return runs
+    return everyone
