@@ -50,6 +50,7 @@ DISTRIBUTIONS = {
     "matplotlib": "matplotlib",
     "peft": "peft",
     "bitsandbytes": "bitsandbytes",
+    "optuna": "optuna",
 }
 
 # Declared but never imported by name: why each is needed.
@@ -63,7 +64,8 @@ NOT_IMPORTED = {
 ALLOWED = {
     "featurestore": ((), ("hub",)),
     "extract": (("extract",), ("extract",)),
-    "train_side": (("train",), ("train",)),
+    # [tune]: optuna, in train_side/training/tune.py alone (the command imports it lazily, naming the extra)
+    "train_side": (("train", "tune"), ("train", "tune")),
     "scripts": (("baselines",), ("baselines",)),
 }
 

@@ -6,12 +6,15 @@ Each key is a setting `sweep` accepts (any of its option's names); its value say
     n_heads: {low: 1, high: 8}                    # integer settings integers (step: 2 for every other)
     reduction: [4, 8]                             # a list: a choice among these values
     kind: xladder                                 # a single value: fixed for every trial
+
+``Search`` holds how a study searches that space (sampler, pruner, batches); optuna is imported
+only by tune.py, so that the commands load without it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from ..network.model import SideConfig
 from .sweep import SETTING_NAMES, GridError, normalise
 
 RANGE_KEYS = {"low", "high", "log", "step"}
+SAMPLERS, PRUNERS = ("tpe", "random", "grid"), ("halving", "hyperband", "none")
 
 
 class SpaceError(GridError):
@@ -50,6 +54,30 @@ class Choice:
     """One of ``values`` (a single value: fixed)."""
 
     values: tuple
+
+
+@dataclass(frozen=True)
+class Search:
+    """How a study searches: its size, sampler, pruner, batches and heartbeat. Each field with a
+    default is an option of `train_side tune`."""
+
+    trials: int
+    parallel: int = field(default=8, metadata={
+        "help": "Trials asked at once and trained together over one pass of the data.", "min": 1})
+    sampler: str = field(default="tpe", metadata={
+        "choices": SAMPLERS, "help": "How trials' settings are chosen: Optuna's TPE, random, or every point of "
+                                     "the space in turn (grid: lists and integer ranges only)."})
+    sampler_seed: int | None = field(default=None, metadata={
+        "help": "Seed of the sampler (one worker: a repeatable search; several: give each its own or none)."})
+    pruner: str = field(default="halving", metadata={
+        "choices": PRUNERS, "help": "Stop losing trials at each rung: successive halving, Hyperband, or none."})
+    reduction_factor: int = field(default=3, metadata={
+        "help": "The pruner keeps 1 trial in this many at each rung; rungs are this many times apart.", "min": 2})
+    min_steps: int = field(default=0, metadata={
+        "help": "Steps every trial trains before the first rung (0: total steps / reduction factor^3).", "min": 0})
+    heartbeat: int = field(default=60, metadata={
+        "help": "Seconds between a worker's heartbeats; a trial silent for twice this is failed and retried.",
+        "min": 1})
 
 
 def load_space(path: str | Path) -> dict[str, Range | Choice]:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import socket
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import optuna
@@ -37,11 +38,10 @@ from ..checkpoint import Checkpoint
 from ..config import DataConfig
 from ..data import plan, split_examples
 from . import rundir
-from .space import Choice, Range, describe, grid, size, suggest
+from .space import Choice, Range, Search, describe, grid, size, suggest
 from .sweep import GridError, configs, format_table, run_name
 from .train import Run, RunSpec, TrainingInterrupted, Watch, backbone_dims, fit
 
-SAMPLERS, PRUNERS = ("tpe", "random", "grid"), ("halving", "hyperband", "none")
 MAX_RETRY = 3  # a trial that kills its worker every time is given up after this many tries
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -52,30 +52,6 @@ class TuneError(UserError, ValueError):
 
 class TuneInterrupted(UserError, KeyboardInterrupt):
     """Ctrl-C during a search: the trials in training were saved and will be resumed."""
-
-
-@dataclass(frozen=True)
-class Search:
-    """How a study searches: its size, sampler, pruner, batches and heartbeat. Each field with a
-    default is an option of `train_side tune`."""
-
-    trials: int
-    parallel: int = field(default=8, metadata={
-        "help": "Trials asked at once and trained together over one pass of the data.", "min": 1})
-    sampler: str = field(default="tpe", metadata={
-        "choices": SAMPLERS, "help": "How trials' settings are chosen: Optuna's TPE, random, or every point of "
-                                     "the space in turn (grid: lists and integer ranges only)."})
-    sampler_seed: int | None = field(default=None, metadata={
-        "help": "Seed of the sampler (one worker: a repeatable search; several: give each its own or none)."})
-    pruner: str = field(default="halving", metadata={
-        "choices": PRUNERS, "help": "Stop losing trials at each rung: successive halving, Hyperband, or none."})
-    reduction_factor: int = field(default=3, metadata={
-        "help": "The pruner keeps 1 trial in this many at each rung; rungs are this many times apart.", "min": 2})
-    min_steps: int = field(default=0, metadata={
-        "help": "Steps every trial trains before the first rung (0: total steps / reduction factor^3).", "min": 0})
-    heartbeat: int = field(default=60, metadata={
-        "help": "Seconds between a worker's heartbeats; a trial silent for twice this is failed and retried.",
-        "min": 1})
 
 
 @dataclass
@@ -164,13 +140,8 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
 
 
 def shown(url: str) -> str:
-    """``url`` without its password."""
-    import sqlalchemy
-
-    try:
-        return sqlalchemy.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL at all: nothing secret to hide in it
-        return url
+    """``url`` without its password: ``postgresql://me:***@host/db``."""
+    return re.sub(r"(://[^:/@]+):[^/]*@", r"\1:***@", url)
 
 
 def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
