@@ -40,7 +40,7 @@ from ..data import plan, split_examples
 from . import rundir
 from .space import Choice, Range, Search, describe, grid, size, suggest
 from .sweep import GridError, configs, format_table, run_name
-from .train import Run, RunSpec, TrainingInterrupted, Watch, backbone_dims, fit
+from .train import Run, RunSpec, Watch, backbone_dims, fit
 
 MAX_RETRY = 3  # a trial that kills its worker every time is given up after this many tries
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -232,10 +232,12 @@ def heartbeats(storage, trial_ids: set[int], interval: int) -> Iterator[None]:
     stop = threading.Event()
 
     def beat() -> None:
-        while not stop.is_set():
+        while not stop.wait(interval):
             for trial_id in list(trial_ids):
-                storage.record_heartbeat(trial_id)
-            stop.wait(interval)
+                try:
+                    storage.record_heartbeat(trial_id)
+                except Exception:  # noqa: BLE001 - a busy database: the next beat tries again
+                    pass
 
     for trial_id in trial_ids:
         storage.record_heartbeat(trial_id)
@@ -283,7 +285,7 @@ class Worker:
             try:
                 for (retried, _), group in sorted(groups.items(), key=lambda item: -item[0][1]):
                     self.fit(group, retried, trial_ids)
-            except TrainingInterrupted:
+            except KeyboardInterrupt:  # Ctrl-C: the runs were saved (a second one: as far as their checkpoints)
                 for trial in trials:
                     if trial._trial_id in trial_ids:
                         give_up(self.study, trial, retried=True)
@@ -317,11 +319,13 @@ class Worker:
 
         def stop(runs: list[Run]) -> list[Run]:
             for run in runs:
-                trial_of[str(run.out)].report(run.val_loss, run.step)
-            pruned = [run for run in runs if trial_of[str(run.out)].should_prune()]
-            for run in pruned:
-                self.finish(trial_of[str(run.out)], run, TrialState.PRUNED, trial_ids)
-            return pruned
+                self.told(trial_of[str(run.out)], run, trial_ids, lambda trial: trial.report(run.val_loss, run.step))
+            stopped = [run for run in runs if trial_of[str(run.out)]._trial_id not in trial_ids]  # lost
+            for run in runs:
+                if run not in stopped and trial_of[str(run.out)].should_prune():
+                    self.finish(trial_of[str(run.out)], run, TrialState.PRUNED, trial_ids)
+                    stopped.append(run)
+            return stopped
 
         runs = fit(self.store, list(group.values()), self.data, device=self.device, resume=resume,
                    progress=self.progress, watch=Watch(due=self.rungs.__contains__, stop=stop))
@@ -329,11 +333,28 @@ class Worker:
             if trial_of[str(run.out)]._trial_id in trial_ids:
                 self.finish(trial_of[str(run.out)], run, TrialState.COMPLETE, trial_ids)
 
+    def told(self, trial: Trial, run: Run, trial_ids: set[int], what: Callable[[Trial], object]) -> bool:
+        """``what(trial)``, unless another worker has failed the trial meanwhile (its heartbeats were
+        late: a stalled machine): then this worker drops it, for its retry has taken over."""
+        try:
+            what(trial)
+            return True
+        except optuna.exceptions.UpdateFinishedTrialError:
+            trial_ids.discard(trial._trial_id)
+            self.echo(f"trial {trial.number} was failed by another worker (its heartbeats came late); its retry "
+                      f"continues it, so it stops here at step {run.step}")
+            return False
+
     def finish(self, trial: Trial, run: Run, state: TrialState, trial_ids: set[int]) -> None:
         """Tells the study a trial's end and prints its line."""
-        trial.set_user_attr("steps", run.step)
-        trial.set_user_attr("seconds", round(run.seconds, 1))
-        self.study.tell(trial, run.val_loss if state == TrialState.COMPLETE else None, state=state)
+
+        def tell(trial: Trial) -> None:
+            trial.set_user_attr("steps", run.step)
+            trial.set_user_attr("seconds", round(run.seconds, 1))
+            self.study.tell(trial, run.val_loss if state == TrialState.COMPLETE else None, state=state)
+
+        if not self.told(trial, run, trial_ids, tell):
+            return
         trial_ids.discard(trial._trial_id)
         done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         self.echo(f"[{done}/{self.n_trials}] trial {trial.number} {'complete' if state == TrialState.COMPLETE else 'pruned'}"
@@ -387,8 +408,10 @@ def save_plots(study: optuna.Study, out: Path) -> list[Path]:
     for name, plot in (("tune.png", draw.plot_optimization_history), ("tune_curves.png", draw.plot_intermediate_values),
                        ("tune_importances.png", draw.plot_param_importances)):
         try:
-            axes = plot(study)
-        except (ValueError, RuntimeError):  # importances of too few complete trials
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "too few trials to compute importances": drawn equal
+                axes = plot(study)
+        except (ValueError, RuntimeError):  # importances of no complete trial
             continue
         figure = axes.figure
         figure.set_size_inches(8, 5)
