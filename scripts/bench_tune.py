@@ -1,7 +1,7 @@
 """An Optuna search with successive halving vs the full sweep of the same configurations, and one
 tune worker vs two on one SQLite study, side by side.
 
-    PYTHONPATH=$PWD python scripts/bench_tune.py [--examples 600] [--epochs 6] [--token-budget 256]
+    PYTHONPATH=$PWD python scripts/bench_tune.py [--examples 600] [--epochs 6] [--vocab 8192] [--width 128]
 
 1. halving vs sweep: the 27 configurations of GRID trained as a full `sweep` (every one to the
    last step) and as `tune --sampler grid --pruner halving --reduction-factor 3 --parallel 27`
@@ -9,9 +9,11 @@ tune worker vs two on one SQLite study, side by side.
    validation loss of each.
 2. workers: `tune` of 8 trials (no pruner) by one worker, then by two workers sharing one SQLite
    study, each process with one thread (--threads 1): wall time of each.
+Everything computes on one thread per process.
 
-The store is the tests' synthetic one (tests/train_side/tiny_store.py) at --examples examples: the
-demo store's real vocabulary (49k) makes every configuration's step cost seconds on a CPU.
+The store is the tests' synthetic one (tests/train_side/tiny_store.py), larger: the demo store's
+SmolLM2 head (49k x 576) makes every configuration's step cost seconds on a CPU, so its 27-run
+sweep would take hours here.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from tests.train_side.tiny_store import write_tiny_store
 from train_side.config import DataConfig
 from train_side.training.space import Search, parse_space
 from train_side.training.sweep import format_table, sweep
 from train_side.training.tune import tune
 
-GRID = {"lr": [1e-3, 3e-3, 1e-2], "reduction": [2, 4, 8], "warmup": [0.0, 0.05, 0.2]}  # 27 configurations
+GRID = {"lr": [1e-3, 3e-3, 1e-2], "reduction": [4, 8, 16], "warmup": [0.0, 0.05, 0.2]}  # 27 configurations
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -63,7 +67,7 @@ def workers(store: Path, work: Path, data: DataConfig, n: int) -> float:
                "--space", str(space), "--trials", "8", "--parallel", "4", "--pruner", "none", "--threads", "1",
                "--epochs", str(data.epochs), "--token-budget", str(data.token_budget)]
     start = time.perf_counter()
-    processes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL) for _ in range(n)]
+    processes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
     if any(p.wait() for p in processes):
         raise RuntimeError(f"a tune worker failed: {command}")
     return time.perf_counter() - start
@@ -74,12 +78,16 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=600)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--token-budget", type=int, default=256)
+    parser.add_argument("--vocab", type=int, default=8192, help="Vocabulary: the head's logits are most of a step.")
+    parser.add_argument("--width", type=int, default=128)
     args = parser.parse_args()
+    torch.set_num_threads(1)  # tiny networks: a second thread only adds synchronisation (as the workers' --threads 1)
     data = DataConfig(epochs=args.epochs, token_budget=args.token_budget, val_fraction=0.1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        store = write_tiny_store(work / "store.zarr", n_examples=args.examples)
-        print(f"store: synthetic, {args.examples} examples; {args.epochs} epochs at {args.token_budget} tokens per batch\n")
+        store = write_tiny_store(work / "store.zarr", n_examples=args.examples, vocab=args.vocab, width=args.width)
+        print(f"store: synthetic, {args.examples} examples, vocabulary {args.vocab}, width {args.width}; "
+              f"{args.epochs} epochs at {args.token_budget} tokens per batch\n")
         print("1. 27 configurations: successive halving over one data pass vs the full sweep")
         print(format_table(halving_vs_sweep(store, work, data)))
         one, two = workers(store, work, data, 1), workers(store, work, data, 2)

@@ -14,7 +14,11 @@ from featurestore import StoreSpec, StoreWriter, TokenTable
 V, D, L, FF = 40, 32, 4, 64  # vocabulary, width, backbone blocks, backbone MLP width
 
 
-def write_tiny_store(path, n_examples: int = 48, layers=tuple(range(L + 1)), codec: str = "fp32", seed: int = 0):
+def write_tiny_store(path, n_examples: int = 48, layers=tuple(range(L + 1)), codec: str = "fp32", seed: int = 0,
+                     vocab: int = V, width: int = D):
+    """The store at ``path``; ``vocab`` and ``width`` larger than the defaults make each training step
+    cost more (scripts/bench_tune.py), the head's logits above all."""
+    V, D = vocab, width  # noqa: N806 - the module's names, for this store
     rng = np.random.default_rng(seed)
     embedding = rng.standard_normal((V, D)).astype(np.float32)
     ids, masks = [], []
@@ -24,7 +28,7 @@ def write_tiny_store(path, n_examples: int = 48, layers=tuple(range(L + 1)), cod
         masks.append(np.r_[np.zeros(n // 3, np.uint8), np.ones(n - n // 3, np.uint8)])
     order = np.argsort([len(i) for i in ids], kind="stable")  # stores are sorted by length
     tokens = TokenTable.from_examples([ids[i] for i in order], [masks[i] for i in order])
-    model = {"id": "tiny", "n_layers": L, "hidden_size": D, "intermediate_size": FF, "vocab_size": V,
+    model = {"id": "tiny", "n_layers": L, "hidden_size": D, "intermediate_size": FF * D // 32, "vocab_size": V,
              "weights_hash": "tiny", "dtype": "float32", "quantization": "none", "architecture": "Tiny"}
     spec = StoreSpec(layers, D, codec, {"model": model, "dataset": {"dataset": "counting", "split": "train"}})
     head = {"lm_head.weight": rng.standard_normal((V, D)).astype(np.float32), "norm.weight": np.ones(D, np.float32)}

@@ -97,7 +97,7 @@ def tune(store, out: str | Path, space: dict[str, Range | Choice], search: Searc
                 echo(f"waiting for {len(running)} trial(s) training in other workers "
                      f"({', '.join(sorted({t.user_attrs.get('worker', '?') for t in running}))})")
                 waited = True
-            time.sleep(min(search.heartbeat, 10))  # until they finish, or fail and come back as retries
+            time.sleep(min(search.heartbeat, 2))  # until they finish, or fail and come back as retries
         else:
             break
     return summarise(study, out, total)
