@@ -311,7 +311,7 @@ class Worker:
             self.study.tell(trial, state=TrialState.FAIL)
             self.echo(f"trial {trial.number} not trained: {e}")
             return None
-        return RunSpec(run_name(params), out, side, optim)
+        return RunSpec(run_name(rounded(params)), out, side, optim)
 
     def fit(self, group: dict[Trial, RunSpec], resume: bool, trial_ids: set[int]) -> None:
         """One ``fit`` of the group's runs; the pruner is asked at every validation."""
@@ -361,6 +361,11 @@ class Worker:
                   f" at step {run.step}/{self.total}: val_loss {run.val_loss:.4f}  {run.name}  ({run.seconds:.0f} s)")
 
 
+def rounded(values: dict) -> dict:
+    """Floats to 4 significant digits, for reading (a sampled lr has 17)."""
+    return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in values.items()}
+
+
 def summarise(study: optuna.Study, out: Path, total: int) -> Outcome:
     """summary.csv (every trial), the plots, and the report: the best trials, then the study's
     counts, steps and time."""
@@ -382,14 +387,16 @@ def summarise(study: optuna.Study, out: Path, total: int) -> Outcome:
     stamps = [t.datetime_start for t in trials if t.datetime_start] + [t.datetime_complete for t in trials
                                                                          if t.datetime_complete]
     wall = (max(stamps) - min(stamps)).total_seconds() if stamps else 0.0
-    shown_rows = [{k: v for k, v in r.items() if k not in ("worker", "run_dir")} for r in finished[:10]]
+    params = {name for t in trials for name in t.params}
+    shown_rows = [{k: v for k, v in {**r, **rounded({k: r[k] for k in params if k in r})}.items()
+                   if k not in ("worker", "run_dir")} for r in finished[:10]]
     lines = [format_table(shown_rows), ""] if shown_rows else []
     lines.append(f"study {study.study_name!r}: {len(rows)} trials, {states['complete']} complete, {states['pruned']} "
                  f"pruned, {states['fail']} failed; {steps:,} steps trained, {steps / max(1, len(rows) * total):.0%} "
                  f"of training every trial to step {total}; {wall:.0f} s from the first trial's start to the last's end")
     best = next((r for r in finished if r["state"] == "complete"), None)
     if best is not None:
-        settings = ", ".join(f"{k}={best[k]}" for k in study.best_trial.params)
+        settings = ", ".join(f"{k}={v}" for k, v in rounded({k: best[k] for k in study.best_trial.params}).items())
         lines.append(f"best: trial {best['trial']}, val_loss {best['val_loss']}, {settings} -> {best['run_dir']} "
                      f"(trained by {best['worker']}; a normal run: train_side eval/generate/push it)")
     lines.append(f"summary: {out / 'summary.csv'}" + "".join(f", {p}" for p in plots))
