@@ -52,6 +52,7 @@ DISTRIBUTIONS = {
     "peft": "peft",
     "bitsandbytes": "bitsandbytes",
     "trackio": "trackio",
+    "optuna": "optuna",
 }
 
 # Declared but never imported by name: why each is needed.
@@ -67,7 +68,9 @@ NOT_IMPORTED = {
 ALLOWED = {
     "featurestore": ((), ("hub",)),
     "extract": (("extract",), ("extract",)),
-    "train_side": (("train",), ("train", "trackio")),  # --log trackio imports trackio when asked
+    # [tune]: optuna, in train_side/training/tune.py alone (the command imports it lazily, naming the extra);
+    # --log trackio imports trackio when asked
+    "train_side": (("train", "tune"), ("train", "tune", "trackio")),
     "scripts": (("baselines",), ("baselines",)),
 }
 

@@ -22,6 +22,7 @@ from .training.sweep import SETTINGS as SWEEP_SETTINGS
 from .training.sweep import format_table, grid_of, load_grid, parse_grid_options, sweep
 from .training.trackers import TRACKERS
 from .training.train import train
+from .training.space import Search
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -173,6 +174,43 @@ def sweep_cmd(ctx, grid_options, grid_file, jobs, **o) -> None:
                  resume=o["resume"], jobs=jobs, log=o["log"], keep_resume=o["keep_resume"])
     click.echo(format_table(rows))
     click.echo(f"\nsummary: {o['out']}/summary.csv, {o['out']}/val_loss.png; settings: {o['out']}/{SWEEP_SETTINGS}")
+
+
+@main.command("tune")
+@training_options
+@click.option("--space", "space_file", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="YAML search space: setting: {low: L, high: H[, log: true]} (a range) or [v1, v2] (a choice).")
+@click.option("--trials", required=True, type=click.IntRange(min=1), help="Trials the study holds when done.")
+@config_options(Search)
+@click.option("--storage", default=None, help="Optuna storage URL shared by the workers (default: sqlite:///OUT/"
+                                              "study.db); postgresql://... or mysql://... for a team.")
+@click.option("--study", "study_name", default=None, help="Study name in the storage (default: the name of --out).")
+def tune_cmd(space_file, trials, storage, study_name, **o) -> None:
+    """Search the settings of a YAML space (--space) with an Optuna study of --trials trials, trained
+    --parallel at a time over ONE pass of the data, as a sweep's; each reports its validation loss
+    at every evaluation and the pruner stops the losers. Any number of workers (this command, on
+    one machine or many) join one study through --storage; run the same command again to resume.
+
+    \b
+    Example:
+      train_side tune stores/x.zarr --out runs/tune --space space.yaml --trials 27 --parallel 27
+    """
+    from .training.space import load_space
+
+    try:
+        from .training.tune import tune
+    except ModuleNotFoundError as e:
+        if e.name != "optuna":
+            raise
+        raise click.ClickException("tune needs optuna: pip install 'ladder-cache[tune]'") from None
+    search = config_from_options(Search, o, trials=trials)
+    side, optim, data = split_options(o)
+    outcome = tune(o["store"], o["out"], load_space(space_file), search, storage=storage, study_name=study_name,
+                   side=side, optim=vars(optim), data=data, device=o["device"], echo=click.echo)
+    click.echo("\n" + outcome.report)
+
+
+tune_cmd.params = [p for p in tune_cmd.params if p.name != "resume"]  # a study always continues where it stopped
 
 
 @main.command("eval")

@@ -232,6 +232,12 @@ class Run:
         self.tracker.close()
         self.tracker = NoTracker()
 
+    def release(self) -> None:
+        """Frees the weights and optimiser state of a run that stopped early (it was saved first), so
+        that the runs still training get the memory; its parameter count stays readable."""
+        self.optimizer = self.scheduler = None
+        self.model.to("meta")
+
     def describe(self) -> Checkpoint:
         return Checkpoint(name=self.name, side=self.side, optim=self.optim, data=self.data, store=self.trained_from,
                           n_parameters=self.model.n_parameters(), step=self.step,
@@ -291,12 +297,22 @@ def train(store, out: str | Path, *, side: dict | None = None, optim: OptimConfi
     return run
 
 
+@dataclass(frozen=True)
+class Watch:
+    """What a caller may add to the training loop (a tuner's pruning): ``due(step)`` asks for a
+    validation at more steps than the data settings', and after every validation ``stop(runs)``
+    names the runs to stop there; each is saved and released, and the others go on."""
+
+    due: Callable[[int], bool] = lambda step: False
+    stop: Callable[[list[Run]], list[Run]] = lambda runs: []
+
+
 def fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: str = "auto", resume: bool = False,
         progress: bool = True, init: Callable[[SideNetwork], object] | None = None, log: str = "none",
-        keep_resume: bool = False) -> list[Run]:
+        keep_resume: bool = False, watch: Watch = Watch()) -> list[Run]:
     """``_fit``, holding every run's output directory (one writer at a time: ``rundir``)."""
     with rundir.holding([spec.out for spec in specs]):
-        return _fit(store, specs, data, device, resume, progress, init, log, keep_resume)
+        return _fit(store, specs, data, device, resume, progress, init, log, keep_resume, watch)
 
 
 def run_settings(run: Run, store: FeatureStore, device: str, log: str) -> dict:
@@ -374,13 +390,14 @@ def interrupt_after_step() -> Iterator[threading.Event]:
 
 def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: str = "auto", resume: bool = False,
          progress: bool = True, init: Callable[[SideNetwork], object] | None = None, log: str = "none",
-         keep_resume: bool = False) -> list[Run]:
+         keep_resume: bool = False, watch: Watch = Watch()) -> list[Run]:
     """Trains every run over one pass of the data per epoch: each batch is read and decoded once
     (the union of the runs' input layers) and fed to every run in turn; ``data.grad_accum``
     batches make one optimizer step. ``init`` (e.g. ``prune.init_from_backbone``) sets the
     weights of each run that starts fresh. Each run stops at the last step, or on its own after
     ``data.early_stop`` validations without improvement while the others go on; a finished run
-    keeps its resume.pt only with ``keep_resume``. ``log``: see ``trackers``."""
+    keeps its resume.pt only with ``keep_resume``. ``log``: see ``trackers``; ``watch`` may stop runs
+    early too (see Watch)."""
     asked_device, device = device, resolve_device(device)
     train_idx, val_idx = split_examples(store.n_examples, data.val_fraction, data.seed)
     steps = steps_of(plan(store, train_idx, data.token_budget), data.grad_accum)
@@ -427,11 +444,20 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
                         bars.step(run, loss, tokens * len(active) / elapsed)
                     step = active[0].step
                     end_of_epoch = step % per_epoch == 0 or step == total_steps
-                    if validation and (end_of_epoch or data.eval_every and step % data.eval_every == 0):
+                    stopped = []
+                    if validation and (end_of_epoch or data.eval_every and step % data.eval_every == 0 or
+                                       watch.due(step)):
                         for run in active:
                             run.log({"epoch": epoch, "val_loss": run.validate(validation)})
                             run.keep_best()
                             bars.show(run)
+                        stopped = watch.stop(active)
+                    for run in stopped:  # saved, then their memory goes to the runs still training
+                        run.save()
+                        run.close_tracker()
+                        run.release()
+                        bars.stopped(run)
+                    active = [run for run in active if run not in stopped]
                     saving = end_of_epoch or data.save_every and step % data.save_every == 0 or interrupted.is_set()
                     for run in active:
                         if saving or run.stopped_early:
