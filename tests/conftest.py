@@ -22,6 +22,19 @@ def no_leftover_children():
     helpers.kill_leftovers()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module of tiny tensors: a second thread only adds synchronisation,
+    which stalls badly when the other core is busy (and a subprocess given --threads 1 then computes
+    the same arithmetic)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TinyModels(dict):
     """Architecture -> the directory of its tiny model, saved on first use."""
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 
 from tests import helpers
 from tests.train_side.tiny_store import write_tiny_store
@@ -23,13 +22,7 @@ OPTIONS = ["--side-width", "16", "--heads", "2", "--token-budget", "96", "--val-
            "--pruner", "none", "--heartbeat", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """As the workers' --threads 1: the same arithmetic, so the same losses."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

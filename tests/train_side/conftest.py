@@ -1,17 +1,11 @@
 import pytest
-import torch
 
 from tests.train_side.tiny_store import write_tiny_store
 
 
-@pytest.fixture(autouse=True, scope="package")
-def one_thread():
-    """The tensors here are tiny: a second thread only adds synchronisation, which stalls badly when
-    the other core is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Every test here runs on one thread (tests/conftest.py's one_thread)."""
 
 
 @pytest.fixture(scope="session")
