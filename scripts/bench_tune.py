@@ -2,6 +2,7 @@
 tune worker vs two on one SQLite study, side by side.
 
     PYTHONPATH=$PWD python scripts/bench_tune.py [--examples 600] [--epochs 6] [--vocab 8192] [--width 128]
+    PYTHONPATH=$PWD python scripts/bench_tune.py --store stores/smollm2_135m-arith-train-....zarr --parts 1
 
 1. halving vs sweep: the 27 configurations of GRID trained as a full `sweep` (every one to the
    last step) and as `tune --sampler grid --pruner halving --reduction-factor 3 --parallel 27`
@@ -81,15 +82,21 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8192, help="Vocabulary: the head's logits are most of a step.")
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--parts", default="1,2", help="Which comparisons to run, e.g. 1 for halving vs sweep only.")
+    parser.add_argument("--store", default=None, help="A real store (the demo's: stores/smollm2_135m-arith-...) "
+                                                      "instead of the synthetic one; hours on a 2-core CPU.")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny networks: a second thread only adds synchronisation (as the workers' --threads 1)
     data = DataConfig(epochs=args.epochs, token_budget=args.token_budget, val_fraction=0.1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        store = write_tiny_store(work / "store.zarr", n_examples=args.examples, vocab=args.vocab, width=args.width,
-                                 chunk_mb=4)  # a real store's chunks: reads are not the test store's many tiny ones
-        print(f"store: synthetic, {args.examples} examples, vocabulary {args.vocab}, width {args.width}; "
-              f"{args.epochs} epochs at {args.token_budget} tokens per batch\n")
+        if args.store:
+            store = Path(args.store)
+            print(f"store: {store}; {args.epochs} epochs at {args.token_budget} tokens per batch\n")
+        else:
+            store = write_tiny_store(work / "store.zarr", n_examples=args.examples, vocab=args.vocab, width=args.width,
+                                     chunk_mb=4)  # a real store's chunks: reads are not the test store's many tiny ones
+            print(f"store: synthetic, {args.examples} examples, vocabulary {args.vocab}, width {args.width}; "
+                  f"{args.epochs} epochs at {args.token_budget} tokens per batch\n")
         parts = args.parts.split(",")
         if "1" in parts:
             print("1. 27 configurations: successive halving over one data pass vs the full sweep")
