@@ -8,11 +8,12 @@ from click.testing import CliRunner
 from huggingface_hub.utils import validate_repo_id
 from safetensors.torch import load_file
 
+from tests.train_side.crash import crash_at_step
 from train_side import checkpoint
 from train_side.cli import main
 from train_side.config import DataConfig, OptimConfig
 from train_side.training.sweep import GridError, legacy_run_name, parse_grid_options, run_name, sweep
-from train_side.training.train import Run, train
+from train_side.training.train import train
 
 SMALL = {"side_width": 16, "n_heads": 2}
 
@@ -56,21 +57,12 @@ def test_a_grid_over_a_data_setting_trains_one_pass_per_value(tmp_path, tiny_sto
     assert checkpoint.load_config(tmp_path / "s" / "epochs-2_lr-0.003")["data"]["epochs"] == 2
 
 
-def test_a_sweep_written_with_the_old_run_names_still_resumes(tmp_path, tiny_store, monkeypatch):
+def test_a_sweep_written_with_the_old_run_names_still_resumes(tmp_path, tiny_store):
     data = DataConfig(epochs=2, token_budget=96, save_every=3)
     grid = {"lr": [1e-3, 3e-3]}
     sweep(tiny_store, tmp_path / "straight", grid, side=SMALL, data=data, progress=False)
-    original_step = Run.optimizer_step
-
-    def crash_at_step_5(self):
-        if self.step == 5:
-            raise KeyboardInterrupt
-        return original_step(self)
-
-    monkeypatch.setattr(Run, "optimizer_step", crash_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_step(5):
         sweep(tiny_store, tmp_path / "old", grid, side=SMALL, data=data, progress=False)
-    monkeypatch.setattr(Run, "optimizer_step", original_step)
     for lr in (0.001, 0.003):  # as an older version named them
         (tmp_path / "old" / run_name({"lr": lr})).rename(tmp_path / "old" / legacy_run_name({"lr": lr}))
     assert legacy_run_name({"lr": 0.001}) == "lr=0.001"

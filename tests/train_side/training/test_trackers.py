@@ -7,9 +7,10 @@ import pytest
 from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.train_side.crash import crash_at_step
 from train_side.cli import main
 from train_side.config import DataConfig
-from train_side.training.train import Run, train
+from train_side.training.train import train
 
 SMALL = {"side_width": 16, "n_heads": 2}
 
@@ -37,19 +38,10 @@ def test_tensorboard_events_hold_what_metrics_jsonl_holds(tmp_path, tiny_store):
     assert len(logged["loss"]) == run.step
 
 
-def test_a_resumed_run_drops_the_events_after_its_checkpoint(tmp_path, tiny_store, monkeypatch):
+def test_a_resumed_run_drops_the_events_after_its_checkpoint(tmp_path, tiny_store):
     data = DataConfig(epochs=2, token_budget=96, save_every=4)
-    original_step = Run.optimizer_step
-
-    def crash_at_step_6(self):
-        if self.step == 6:
-            raise KeyboardInterrupt
-        return original_step(self)
-
-    monkeypatch.setattr(Run, "optimizer_step", crash_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_step(6):
         train(tiny_store, tmp_path / "r", side=SMALL, data=data, progress=False, log="tensorboard")
-    monkeypatch.setattr(Run, "optimizer_step", original_step)
     run = train(tiny_store, tmp_path / "r", side=SMALL, data=data, progress=False, log="tensorboard", resume=True)
     steps = [s for s, _ in scalars(tmp_path / "r")["loss"]]
     assert steps == list(range(1, run.step + 1))  # steps 5 and 6 logged once, by the resumed run

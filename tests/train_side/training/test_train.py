@@ -13,6 +13,7 @@ from zarr.storage import LocalStore
 
 from featurestore import FeatureStore
 from tests.featurestore.synth import RecordingStore
+from tests.train_side.crash import crash_at_step
 from tests.train_side.tiny_store import L
 from train_side import checkpoint
 from train_side.cli import main
@@ -84,22 +85,13 @@ def test_a_run_trained_alone_equals_the_same_run_inside_a_sweep(tmp_path, tiny_s
     assert (tmp_path / "sweep" / "val_loss.png").is_file()
 
 
-def test_resume_continues_identically(tmp_path, tiny_store, monkeypatch):
+def test_resume_continues_identically(tmp_path, tiny_store):
     data = DataConfig(epochs=3, token_budget=96, save_every=5)
     train(tiny_store, tmp_path / "straight", side=SMALL, data=data, progress=False)
 
-    original_step = Run.optimizer_step
-
-    def crash_at_step_12(self):
-        if self.step == 12:
-            raise KeyboardInterrupt
-        return original_step(self)
-
-    monkeypatch.setattr(Run, "optimizer_step", crash_at_step_12)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_step(12):
         train(tiny_store, tmp_path / "resumed", side=SMALL, data=data, progress=False)
     assert checkpoint.load_config(tmp_path / "resumed")["step"] == 10  # the last checkpoint before the crash
-    monkeypatch.setattr(Run, "optimizer_step", original_step)
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny_store, tmp_path / "resumed", side=SMALL, data=data, progress=False)
     train(tiny_store, tmp_path / "resumed", side=SMALL, data=data, resume=True, progress=False)
@@ -203,21 +195,12 @@ def test_each_run_of_a_sweep_stops_early_on_its_own_and_keeps_its_best(tmp_path,
     assert all(torch.equal(before[run][k], weights(run)[k]) for run in before for k in before[run])
 
 
-def test_an_early_stopping_run_resumed_stops_where_it_would_have(tmp_path, tiny_store, monkeypatch):
+def test_an_early_stopping_run_resumed_stops_where_it_would_have(tmp_path, tiny_store):
     data = replace(PATIENT, save_every=4)
     straight = train(tiny_store, tmp_path / "straight", side=SMALL, optim=OptimConfig(lr=0.5), data=data,
                      progress=False)
-    original_step = Run.optimizer_step
-
-    def crash_at_step_9(self):
-        if self.step == 9:
-            raise KeyboardInterrupt
-        return original_step(self)
-
-    monkeypatch.setattr(Run, "optimizer_step", crash_at_step_9)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_step(9):
         train(tiny_store, tmp_path / "resumed", side=SMALL, optim=OptimConfig(lr=0.5), data=data, progress=False)
-    monkeypatch.setattr(Run, "optimizer_step", original_step)
     resumed = train(tiny_store, tmp_path / "resumed", side=SMALL, optim=OptimConfig(lr=0.5), data=data, resume=True,
                     progress=False)
     assert straight.stopped_early and resumed.stopped_early and resumed.step == straight.step
