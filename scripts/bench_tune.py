@@ -84,8 +84,10 @@ def main() -> None:
     parser.add_argument("--parts", default="1,2", help="Which comparisons to run, e.g. 1 for halving vs sweep only.")
     parser.add_argument("--store", default=None, help="A real store (the demo's: stores/smollm2_135m-arith-...) "
                                                       "instead of the synthetic one; hours on a 2-core CPU.")
+    parser.add_argument("--threads", type=int, default=1, help="Torch threads of part 1 (the real store's head "
+                                                                   "wants both cores; the workers always use one).")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # tiny networks: a second thread only adds synchronisation (as the workers' --threads 1)
+    torch.set_num_threads(args.threads)  # tiny networks: a second thread only adds synchronisation
     data = DataConfig(epochs=args.epochs, token_budget=args.token_budget, val_fraction=0.1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -14,14 +14,14 @@ from featurestore.options import config_from_options, config_options, config_val
 
 from featurestore.hub import is_hf_url
 
-from .config import DataConfig, GenerateConfig, OptimConfig
+from .config import PROBE_LR, DataConfig, GenerateConfig, OptimConfig
 from .inference.hub import fetch_run
 from .network.model import SideConfig, without_ladder_only
 from .training.rundir import BEST
 from .training.sweep import SETTINGS as SWEEP_SETTINGS
 from .training.sweep import format_table, grid_of, load_grid, parse_grid_options, sweep
 from .training.trackers import TRACKERS
-from .training.train import train
+from .training.train import recipe, train
 from .training.space import Search
 
 
@@ -130,6 +130,13 @@ def train_cmd(**o) -> None:
       train_side train --config runs/ladder/train_config.yaml --out runs/ladder-seed1 --seed 1
     """
     side, optim, data = split_options(o)
+    if side.get("kind") is None:
+        from featurestore import FeatureStore
+
+        side = recipe(FeatureStore.open(o["store"]), side)
+        if side["kind"] == "top":  # not the paper's Ladder: say so before the larger network trains
+            click.echo(f"kind: top, the backbone's top {side['delta']} blocks kept in the store (--kind chooses)",
+                       err=True)
     run = train(o["store"], o["out"], side=side, optim=optim, data=data, device=o["device"], resume=o["resume"],
                 log=o["log"], keep_resume=o["keep_resume"])
     val = "n/a" if run.val_loss is None else f"{run.val_loss:.4f}"
@@ -271,7 +278,7 @@ def parse_layers(value: str | None) -> list[int] | None:
 @click.option("--layers", default=None, callback=lambda ctx, param, value: parse_layers(value),
               help="Stored layers to probe, e.g. 0,10,20,30 (default: every stored layer).")
 @config_options(DataConfig, skip=("eval_every", "save_every", "grad_accum", "early_stop"))
-@click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate of the probes (AdamW).")
+@click.option("--lr", default=PROBE_LR, show_default=True, help="Peak learning rate of the probes (AdamW).")
 @click.option("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N].")
 def probe_cmd(store, out, layers, lr, device, **o) -> None:
     """How much of the next target token each stored layer already holds: one linear probe per

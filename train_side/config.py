@@ -13,11 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 
+# Each kind's peak learning rate: its best of docs/compare's lr grid (the top blocks' 5e-4 at every budget).
+LR = {"ladder": 3e-3, "xladder": 1e-3, "top": 5e-4}
+PROBE_LR = 1e-3  # the linear probes' (`train_side probe`)
+
+
 @dataclass
 class OptimConfig:
     """How one side network is optimised (JSON round-trippable)."""
 
-    lr: float = field(default=3e-3, metadata={"help": "Peak learning rate (AdamW).", "min": 0, "min_open": True})
+    lr: float | None = field(default=None, metadata={
+        "help": "Peak learning rate (AdamW). Default: the network kind's, " + ", ".join(f"{k} {v:g}" for k, v in LR.items())
+                + ".", "min": 0, "min_open": True})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of the matrices."})
     warmup: float = field(default=0.05, metadata={
         "help": "Fraction of all steps spent warming up linearly (then cosine)."})
@@ -26,6 +33,10 @@ class OptimConfig:
     seed: int = field(default=0, metadata={"help": "Initialisation seed."})
     recompute: bool = field(default=True, metadata={
         "help": "Recompute side-block activations in backward: much less memory for ~7% more time."})
+
+    def for_kind(self, kind: str) -> OptimConfig:
+        """These settings with the learning rate of a network of ``kind`` where none was given."""
+        return self if self.lr is not None else replace(self, lr=LR[kind])
 
 
 @dataclass
@@ -36,7 +47,8 @@ class DataConfig:
     max_steps: int = field(default=0, metadata={
         "help": "Optimizer steps to train (0: `epochs` passes). Overrides --epochs: the data is passed over as "
                 "often as the steps need, the last pass cut short.", "min": 0})
-    token_budget: int = field(default=4096, metadata={"help": "Padded tokens per batch.", "min": 1})
+    token_budget: int = field(default=1024, metadata={  # docs/compare: more, smaller steps learn more per second
+        "help": "Padded tokens per batch.", "min": 1})
     val_fraction: float = field(default=0.05, metadata={
         "help": "Fraction of the store's examples held out for the validation loss.", "min": 0, "max": 1,
         "max_open": True})

@@ -39,6 +39,11 @@ from .encoded import Encoded, decoded
 
 KINDS = ("ladder", "xladder", "top")
 LADDER_ONLY = ("taps", "every")  # settings the other kinds refuse: they read the top delta blocks
+LADDER_SHAPE = (*LADDER_ONLY, "reduction", "side_width")  # settings the top blocks (full width) ignore
+# The defaults each kind won with in docs/compare (SmolLM2-135M on arith): the Ladder's levers there
+# (width d/2, every block tapped, the pruned-backbone start) all lost to d/4 with every 3rd block tapped.
+DELTA = {"xladder": 2, "top": 8}
+EVERY, REDUCTION = 3, 4
 
 
 def without_ladder_only(settings: dict) -> dict:
@@ -60,23 +65,31 @@ class SideConfig:
     n_layers: int  # backbone blocks L
     hidden_size: int  # backbone width d
     intermediate_size: int  # backbone MLP width
-    kind: str = field(default="ladder", metadata={
+    kind: str | None = field(default=None, metadata={
         "choices": KINDS, "help": "ladder: ladders from taps along the backbone; xladder: from its top delta blocks; "
-                                  "top: the backbone's own top delta blocks, at full width, read from h_{L-delta}."})
+                                  "top: the backbone's own top delta blocks, at full width, read from h_{L-delta}. "
+                                  "Default: top where the store holds the backbone's top blocks (extract keeps 8 of "
+                                  "a Llama-style backbone) and no Ladder setting (taps, every, reduction, side "
+                                  "width) is given, else ladder."})
     taps: list[int] | None = field(default=None, metadata={
         "help": "Ladder: backbone blocks feeding a ladder, e.g. 10,20,30 (default: see every)."})
-    every: int = field(default=1, metadata={
-        "help": "Ladder without taps: every k-th block, counted down from L (so L is always a tap)."})
-    delta: int = field(default=2, metadata={
-        "help": "xLadder: top blocks tapped (the side network has 2 * delta blocks); top: blocks copied."})
-    reduction: int = field(default=8, metadata={
-        "help": "r: the side width is the backbone width / r, the side MLP width the backbone's / r.", "min": 1})
+    every: int | None = field(default=None, metadata={
+        "help": f"Ladder without taps: every k-th block, counted down from L, so L is always a tap (default {EVERY})."})
+    delta: int | None = field(default=None, metadata={
+        "help": f"xLadder: top blocks tapped, the side network has 2 * delta blocks (default {DELTA['xladder']}); "
+                f"top: blocks copied (default {DELTA['top']})."})
+    reduction: int | None = field(default=None, metadata={
+        "help": f"r: the side width is the backbone width / r, the side MLP width the backbone's / r (default "
+                f"{REDUCTION}).", "min": 1})
     side_width: int | None = field(default=None, metadata={
         "help": "Explicit side width, overriding reduction (the MLP width keeps the backbone's ratio)."})
     n_heads: int | None = field(default=None, metadata={
         "aliases": ["heads"], "help": "Attention heads of the side blocks (default: side width // 32, at least 1)."})
     n_kv_heads: int | None = field(default=None, metadata={
         "help": "Key/value heads, shared by groups of query heads (default: n_heads)."})
+    lora_rank: int = field(default=0, metadata={
+        "help": "top: train rank-r LoRA adapters (alpha = 2r) on every linear map of the copied blocks and keep the "
+                "blocks frozen, as QLoRA does (0: train the blocks themselves).", "min": 0})
     gate_temperature: float = field(default=0.1, metadata={
         "help": "T in mu = sigmoid(alpha / T): a small T makes the ladder gates learn fast."})
     mix: bool = field(default=True, metadata={
@@ -87,8 +100,11 @@ class SideConfig:
     def __post_init__(self):
         if self.taps is not None:
             self.taps = list(self.taps)  # a tuple would not survive the JSON round trip
+        self.kind = self.kind or "ladder"  # a store's default (train_side.training.recipe) needs the store
         if self.kind not in KINDS:
             raise SideConfigError(f"kind must be one of {KINDS}, not {self.kind!r}")
+        self.delta = self.delta if self.delta is not None else DELTA.get(self.kind, DELTA["xladder"])
+        self.reduction = self.reduction if self.reduction is not None else REDUCTION
         if self.n_layers < 1:
             raise SideConfigError(f"n_layers must be at least 1, not {self.n_layers}")
         self._check_taps()
@@ -104,20 +120,24 @@ class SideConfig:
                              "set n_heads")
         if self.kv_heads < 1 or self.heads % self.kv_heads:
             raise SideConfigError(f"n_kv_heads {self.kv_heads} must divide n_heads {self.heads}")
+        if self.lora_rank and self.kind != "top":
+            raise SideConfigError(f"lora_rank adapts the backbone's blocks of a top network, not a {self.kind}")
         if self.gate_temperature <= 0:
             raise SideConfigError(f"gate_temperature must be positive, not {self.gate_temperature}")
 
     def _check_taps(self):
         L = self.n_layers
         if self.kind != "ladder":
-            if self.taps is not None or self.every != 1:
+            if self.taps is not None or self.every not in (None, 1):  # 1: every's default before EVERY
                 raise SideConfigError(f"taps and every are Ladder options; {self.kind} reads the top delta blocks")
+            self.every = None
             if not 1 <= self.delta <= L:
                 raise SideConfigError(f"delta must be in 1..{L}, not {self.delta}")
         elif self.taps is None:
+            self.every = self.every if self.every is not None else min(EVERY, L)
             if not 1 <= self.every <= L:
                 raise SideConfigError(f"every must be in 1..{L}, not {self.every}")
-        elif self.every != 1:
+        elif self.every not in (None, 1):
             raise SideConfigError("give taps or every, not both")
         elif not self.taps or self.taps != sorted(set(self.taps)) or not 1 <= self.taps[0] <= self.taps[-1] <= L:
             raise SideConfigError(f"taps must be a non-empty increasing list of blocks in 1..{L}, not {self.taps}")
@@ -276,14 +296,37 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x * cos + rotate_half(x) * sin).type_as(x)
 
 
+class LoRALinear(nn.Linear):
+    """A frozen linear map plus a trained low-rank update: x @ (W + (alpha / r) B A).T, B at zero
+    so that it starts as W. Its ``weight`` keeps nn.Linear's name: the backbone's copies go there."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int):
+        super().__init__(in_features, out_features, bias=False)
+        self.weight.requires_grad_(False)
+        self.lora_a = nn.Parameter(torch.empty(rank, in_features))
+        self.lora_b = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_a, a=5 ** 0.5)  # peft's init of A
+        self.scale = 2.0  # alpha / r with alpha = 2r
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight) + self.scale * F.linear(F.linear(x, self.lora_a), self.lora_b)
+
+
+def linear(config: SideConfig, in_features: int, out_features: int) -> nn.Linear:
+    """A side block's linear map: trained itself, or frozen with LoRA (``lora_rank``)."""
+    if config.lora_rank:
+        return LoRALinear(in_features, out_features, config.lora_rank)
+    return nn.Linear(in_features, out_features, bias=False)
+
+
 class Attention(nn.Module):
     def __init__(self, config: SideConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads = config.heads, config.kv_heads
         kv_width = config.width // config.heads * config.kv_heads
         self.split = (config.width, kv_width, kv_width)
-        self.qkv = nn.Linear(config.width, sum(self.split), bias=False)
-        self.proj = nn.Linear(config.width, config.width, bias=False)
+        self.qkv = linear(config, config.width, sum(self.split))
+        self.proj = linear(config, config.width, config.width)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: KVCache | None,
                 block: int) -> Tensor:
@@ -304,9 +347,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: SideConfig):
         super().__init__()
-        self.gate = nn.Linear(config.width, config.mlp_width, bias=False)
-        self.up = nn.Linear(config.width, config.mlp_width, bias=False)
-        self.down = nn.Linear(config.mlp_width, config.width, bias=False)
+        self.gate = linear(config, config.width, config.mlp_width)
+        self.up = linear(config, config.width, config.mlp_width)
+        self.down = linear(config, config.mlp_width, config.width)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))
@@ -339,6 +382,9 @@ class SideNetwork(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(len(config.ladders)))  # ladder gates: mu = 0.5 at init
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_blocks))
         self.norm = RMSNorm(config.width, config.norm_eps)  # top: the backbone's final norm
+        if config.lora_rank:  # only the adapters train: the norms stay the backbone's too
+            for norm in (self.norm, *(n for b in self.blocks for n in (b.attn_norm, b.mlp_norm))):
+                norm.weight.requires_grad_(False)
         if config.kind != "top":
             self.up = nn.Linear(config.width, config.hidden_size, bias=False)
             # Linear layers keep PyTorch's fan-in scaled init, which suits every side width (4 .. 256+).
@@ -354,7 +400,8 @@ class SideNetwork(nn.Module):
         self.recompute = False
 
     def n_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """The trained weights (a LoRA top network's frozen blocks are not counted)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def forward(self, hidden: dict[int, Tensor | Encoded], cache: KVCache | None = None,
                 attention_mask: Tensor | None = None) -> Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from tqdm import tqdm
 from featurestore import FeatureStore
 from featurestore.errors import UserError
 
-from ..config import DataConfig, OptimConfig
+from ..config import PROBE_LR, DataConfig, OptimConfig
 from ..data import epochs_from, loader_settings, plan, read_ahead, split_examples
 from ..devices import resolve_device
 from ..network.encoded import decoded
@@ -87,7 +87,8 @@ def probe_layers(store: FeatureStore, layers: list[int] | None = None, data: Dat
                  optim: OptimConfig | None = None, device: str = "auto", progress: bool = True) -> list[ProbeResult]:
     """Trains a probe of each of ``layers`` (default: every stored layer) on the store's training
     split and returns each one's validation loss before (logit lens) and after training."""
-    data, optim, device = data or DataConfig(epochs=1), optim or OptimConfig(lr=1e-3), resolve_device(device)
+    optim = replace(optim or OptimConfig(), lr=(optim and optim.lr) or PROBE_LR)  # affine maps: not a side kind's
+    data, device = data or DataConfig(epochs=1), resolve_device(device)
     layers = sorted(layers or store.layers)
     missing = sorted(set(layers) - set(store.layers))
     if missing:

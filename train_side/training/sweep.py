@@ -28,7 +28,7 @@ from ..config import DataConfig, OptimConfig
 from ..network.model import LADDER_ONLY, SideConfig
 from . import rundir
 from .plots import compare_runs
-from .train import RunDirectoryError, RunSpec, backbone_dims, fit
+from .train import RunDirectoryError, RunSpec, backbone_dims, fit, recipe
 
 # The sweepable settings are exactly the options of `train_side train` for SideConfig, OptimConfig
 # and DataConfig (every field with a default: not the backbone's sizes, which come from the store).
@@ -214,6 +214,7 @@ def sweep(store, out: str | Path, grid: dict[str, list], *, side: dict | None = 
         {"store": store.location, "out": str(out), **(side or {}), **(optim or {}), **option_values(data),
          "grid": grid, "jobs": jobs, "device": device, "log": log}, sort_keys=False))
     planned = []  # (params, data config, spec) of every run, in the grid's order
+    side = recipe(store, side or {}, swept=grid)
     for params in expand(grid):
         side_config, optim_config = configs(params, side or {}, optim or {}, backbone_dims(store))
         where = run_dir(out, params)

@@ -33,7 +33,7 @@ from ..data import epochs_from, loader_settings, plan, read_ahead, split_example
 from ..devices import resolve_device
 from ..network.batch import Batch
 from ..network.loss import batch_loss, mean_loss, target_count
-from ..network.model import FrozenHead, SideConfig, SideNetwork, without_ladder_only
+from ..network.model import DELTA, LADDER_SHAPE, FrozenHead, SideConfig, SideNetwork, without_ladder_only
 from ..network.prune import copy_top_blocks, top_settings
 from . import rundir
 from .plots import loss_curve
@@ -95,6 +95,9 @@ class RunSpec:
     optim: OptimConfig = field(default_factory=OptimConfig)
     tag: str = ""
 
+    def __post_init__(self):  # a learning rate left unset is the kind's (train_side.config.LR)
+        object.__setattr__(self, "optim", self.optim.for_kind(self.side.kind))
+
     @classmethod
     def at(cls, out: Path, side: SideConfig, optim: OptimConfig | None = None, tag: str = "") -> RunSpec:
         """A run named after its output directory."""
@@ -113,8 +116,9 @@ class Run:
         torch.manual_seed(self.optim.seed)  # each run's initialisation depends on its own seed only
         self.model = SideNetwork(self.side).to(device)
         self.model.recompute = self.optim.recompute
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]  # gates, norms, mix
+        trained = [p for p in self.model.parameters() if p.requires_grad]  # not a LoRA top network's blocks
+        decay = [p for p in trained if p.ndim >= 2]
+        no_decay = [p for p in trained if p.ndim < 2]  # gates, norms, mix
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.optim.lr, betas=(0.9, 0.95), fused=device.type == "cuda",
@@ -284,6 +288,18 @@ def backbone_dims(store: FeatureStore) -> dict:
     return Provenance.load(store.attrs).backbone_sizes
 
 
+def recipe(store: FeatureStore, side: dict, swept=()) -> dict:
+    """``side`` with its kind filled in where it names none: the backbone's own top blocks (up to
+    8) where the store holds them and no Ladder setting is given or ``swept`` (docs/compare: the
+    best network trained from the store at equal compute), else the Ladder."""
+    if side.get("kind") is not None or "kind" in swept:
+        return side
+    stored = Provenance.load(store.attrs).top_blocks or 0
+    if not stored or any(side.get(k) is not None or k in swept for k in LADDER_SHAPE):
+        return {**side, "kind": "ladder"}
+    return {**side, "kind": "top", "delta": side.get("delta") or min(DELTA["top"], stored)}
+
+
 def train(store, out: str | Path, *, side: dict | None = None, optim: OptimConfig | None = None,
           data: DataConfig | None = None, device: str = "auto", resume: bool = False, progress: bool = True,
           log: str = "none", keep_resume: bool = False) -> Run:
@@ -291,7 +307,7 @@ def train(store, out: str | Path, *, side: dict | None = None, optim: OptimConfi
     feature store into ``out``: side.safetensors, side_config.json, train_config.yaml,
     metrics.jsonl, loss.png and best/ (see ``fit`` for ``log`` and ``keep_resume``)."""
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
-    config = SideConfig(**backbone_dims(store), **(side or {}))
+    config = SideConfig(**backbone_dims(store), **recipe(store, side or {}))
     [run] = fit(store, [RunSpec.at(Path(out), config, optim)], data or DataConfig(), device=device, resume=resume,
                 progress=progress, log=log, keep_resume=keep_resume)
     return run

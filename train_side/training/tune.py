@@ -40,7 +40,7 @@ from ..data import plan, split_examples
 from . import rundir
 from .space import Choice, Range, Search, describe, grid, size, suggest
 from .sweep import GridError, configs, format_table, run_name
-from .train import Run, RunSpec, Watch, backbone_dims, fit
+from .train import Run, RunSpec, Watch, backbone_dims, fit, recipe
 
 MAX_RETRY = 3  # a trial that kills its worker every time is given up after this many tries
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -85,7 +85,7 @@ def tune(store, out: str | Path, space: dict[str, Range | Choice], search: Searc
                             "reduction_factor": search.reduction_factor, "min_steps": min_steps})
     n_trials = min(search.trials, size(grid(space))) if search.sampler == "grid" else search.trials
     rungs = {step for k in range(64) if (step := min_steps * search.reduction_factor ** k) <= total}
-    worker = Worker(study, store, out, space, side or {}, optim or {}, data, device, progress, echo, n_trials, total,
+    worker = Worker(study, store, out, space, recipe(store, side or {}, swept=space), optim or {}, data, device, progress, echo, n_trials, total,
                     rungs)
     waited = False
     while True:

@@ -47,7 +47,8 @@ def head(bias: bool = False, softcap: float | None = None) -> FrozenHead:
 
 
 @pytest.mark.parametrize("overrides, initial, ladders, inputs", [
-    ({}, 0, (1, 2, 3, 4), (0, 1, 2, 3, 4)),
+    ({}, 0, (1, 4), (0, 1, 4)),  # every 3rd block by default, counted down from L
+    ({"every": 1}, 0, (1, 2, 3, 4), (0, 1, 2, 3, 4)),
     ({"taps": [1, 2]}, 0, (1, 2), (0, 1, 2, 4)),  # h_L is read for the mix
     ({"taps": [1, 2], "mix": False}, 0, (1, 2), (0, 1, 2)),
     ({"every": 2}, 0, (2, 4), (0, 2, 4)),
@@ -91,8 +92,8 @@ def test_config_round_trips_through_json(overrides):
 
 
 def test_default_heads_are_32_wide_and_side_widths_follow_the_reduction():
-    cfg = SideConfig(n_layers=30, hidden_size=576, intermediate_size=1536)  # SmolLM2-135M, r = 8
-    assert (cfg.width, cfg.heads, cfg.mlp_width) == (72, 2, 192)
+    cfg = SideConfig(n_layers=30, hidden_size=576, intermediate_size=1536)  # SmolLM2-135M, r = 4
+    assert (cfg.width, cfg.heads, cfg.mlp_width) == (144, 4, 384)
     cfg = SideConfig(n_layers=30, hidden_size=576, intermediate_size=1536, side_width=144)
     assert (cfg.width, cfg.heads, cfg.mlp_width) == (144, 4, 384)
 

@@ -35,7 +35,7 @@ def test_at_full_width_each_side_block_computes_its_backbone_block():
 
 def test_pruned_side_network_starts_from_the_backbone_stream_and_trains():
     backbone = tiny_llama()
-    side = init_from_backbone(SideNetwork(side_config(reduction=2)), backbone)
+    side = init_from_backbone(SideNetwork(side_config(reduction=2, every=1)), backbone)
     assert side.config.width == 32 and source_blocks(side) == [0, 1, 2]
     kept = side.down[1].proj.weight  # a selection of 32 channels: one 1 per row
     assert torch.equal(kept.sum(1), torch.ones(32)) and len(set(kept.argmax(1).tolist())) == 32

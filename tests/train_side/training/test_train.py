@@ -17,7 +17,7 @@ from tests.train_side.crash import crash_at_step
 from tests.train_side.tiny_store import L
 from train_side import checkpoint
 from train_side.cli import main
-from train_side.config import DataConfig, OptimConfig
+from train_side.config import LR, DataConfig, OptimConfig
 from train_side.data import read_batch
 from train_side.network.loss import target_count
 from train_side.network.model import SideConfig
@@ -69,7 +69,7 @@ def test_checkpoint_holds_only_the_side_network_and_round_trips(tmp_path, tiny_s
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
     store = FeatureStore.open(tiny_store)
     assert config["store"]["fingerprint"] == store.fingerprint and config["store"]["codec"]["name"] == "fp32"
-    assert config["side"]["side_width"] == 16 and config["optim"]["lr"] == OptimConfig().lr
+    assert config["side"]["side_width"] == 16 and config["optim"]["lr"] == LR["ladder"]  # the kind's default
 
 
 def test_a_run_trained_alone_equals_the_same_run_inside_a_sweep(tmp_path, tiny_store):
@@ -199,7 +199,8 @@ def test_an_early_stopping_run_resumed_stops_where_it_would_have(tmp_path, tiny_
     data = replace(PATIENT, save_every=4)
     straight = train(tiny_store, tmp_path / "straight", side=SMALL, optim=OptimConfig(lr=0.5), data=data,
                      progress=False)
-    with crash_at_step(9):
+    assert straight.stopped_early and straight.step > 5  # past the checkpoint at step 4
+    with crash_at_step(straight.step - 1):
         train(tiny_store, tmp_path / "resumed", side=SMALL, optim=OptimConfig(lr=0.5), data=data, progress=False)
     resumed = train(tiny_store, tmp_path / "resumed", side=SMALL, optim=OptimConfig(lr=0.5), data=data, resume=True,
                     progress=False)
