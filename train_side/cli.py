@@ -16,7 +16,7 @@ from featurestore.hub import is_hf_url
 
 from .config import PROBE_LR, DataConfig, GenerateConfig, OptimConfig
 from .inference.hub import fetch_run
-from .network.model import SideConfig, without_ladder_only
+from .network.model import SideConfig
 from .training.rundir import BEST
 from .training.sweep import SETTINGS as SWEEP_SETTINGS
 from .training.sweep import format_table, grid_of, load_grid, parse_grid_options, sweep
@@ -112,8 +112,8 @@ def set_threads(ctx, param, threads: int) -> int:
 
 def split_options(o: dict) -> tuple[dict, OptimConfig, DataConfig]:
     """The side settings (beyond the backbone's sizes), optimiser and data configs of the parsed
-    options, popped from them. An xLadder drops the Ladder-only settings, which it would refuse."""
-    side = without_ladder_only(config_values(SideConfig, o))
+    options, popped from them (a Ladder-only setting given to another kind is refused by SideConfig)."""
+    side = config_values(SideConfig, o)
     return side, config_from_options(OptimConfig, o), config_from_options(DataConfig, o)
 
 

@@ -46,14 +46,6 @@ DELTA = {"xladder": 2, "top": 8}
 EVERY, REDUCTION = 3, 4
 
 
-def without_ladder_only(settings: dict) -> dict:
-    """SideConfig ``settings`` less the Ladder-only ones where the kind is another (which would
-    refuse them), e.g. a Ladder's defaults under an ``xladder`` kind."""
-    if settings.get("kind", "ladder") == "ladder":
-        return settings
-    return {k: v for k, v in settings.items() if k not in LADDER_ONLY}
-
-
 class SideConfigError(UserError, ValueError):
     """Side-network settings that do not fit together or the backbone; the message says which."""
 

@@ -33,7 +33,7 @@ from ..data import epochs_from, loader_settings, plan, read_ahead, split_example
 from ..devices import resolve_device
 from ..network.batch import Batch
 from ..network.loss import batch_loss, mean_loss, target_count
-from ..network.model import DELTA, LADDER_SHAPE, FrozenHead, SideConfig, SideNetwork, without_ladder_only
+from ..network.model import DELTA, LADDER_SHAPE, FrozenHead, SideConfig, SideNetwork
 from ..network.prune import copy_top_blocks, top_settings
 from . import rundir
 from .plots import loss_curve
@@ -334,7 +334,7 @@ def fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: str
 def run_settings(run: Run, store: FeatureStore, device: str, log: str) -> dict:
     """The options of `train_side train` that train ``run`` again (its train_config.yaml)."""
     side = {k: v for k, v in option_values(run.side).items() if k not in backbone_dims(store)}
-    return {"store": store.location, "out": str(run.out), **without_ladder_only(side), **option_values(run.optim),
+    return {"store": store.location, "out": str(run.out), **side, **option_values(run.optim),
             **option_values(run.data), "device": device, "log": log}
 
 

@@ -68,6 +68,9 @@ def test_the_default_is_the_stores_top_blocks_else_the_ladder_each_kind_with_its
     assert "kind: top, the backbone's top 2 blocks kept in the store" in result.output
     saved = checkpoint.load_config(tmp_path / "run")
     assert (saved["side"]["kind"], saved["side"]["delta"], saved["optim"]["lr"]) == ("top", 2, LR["top"])
+    refused = CliRunner().invoke(main, ["train", with_blocks.location, "--out", str(tmp_path / "x"), "--kind", "xladder",
+                                        "--every", "2"])  # a Ladder setting is refused, not dropped
+    assert refused.exit_code == 1 and "taps and every are Ladder options" in refused.output
 
 
 def test_lora_on_the_top_blocks_starts_as_the_backbone_and_trains_only_the_adapters(tmp_path, tiny_llama):
