@@ -268,3 +268,13 @@ def test_frozen_head_applies_bias_and_softcap_and_holds_nothing_trainable_or_sav
 def test_a_negative_reduction_is_named_as_such():
     with pytest.raises(SideConfigError, match="reduction must be a positive divisor of hidden_size 64, not -2"):
         SideConfig(n_layers=4, hidden_size=64, intermediate_size=128, reduction=-2)
+
+
+def test_configs_saved_before_the_per_kind_defaults_still_load():
+    # every=1 and reduction=8 were written into every config, an xLadder's included
+    old = {"n_layers": 4, "hidden_size": 32, "intermediate_size": 64, "kind": "xladder", "taps": None, "every": 1,
+           "delta": 2, "reduction": 8}
+    cfg = SideConfig(**old)
+    assert (cfg.every, cfg.reduction, cfg.width, cfg.ladders) == (None, 8, 4, (3, 4))
+    ladder = SideConfig(**{**old, "kind": "ladder"})
+    assert ladder.ladders == (1, 2, 3, 4)  # every block, as it was trained
