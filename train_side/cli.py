@@ -129,15 +129,16 @@ def train_cmd(**o) -> None:
       train_side train stores/x.zarr --out runs/ladder --lr 3e-3 --early-stop 3 --log tensorboard
       train_side train --config runs/ladder/train_config.yaml --out runs/ladder-seed1 --seed 1
     """
-    side, optim, data = split_options(o)
-    if side.get("kind") is None:
-        from featurestore import FeatureStore
+    from featurestore import FeatureStore
 
-        side = recipe(FeatureStore.open(o["store"]), side)
+    side, optim, data = split_options(o)
+    store = FeatureStore.open(o["store"])  # once: train() takes it as it is
+    if side.get("kind") is None:
+        side = recipe(store, side)
         if side["kind"] == "top":  # not the paper's Ladder: say so before the larger network trains
             click.echo(f"kind: top, the backbone's top {side['delta']} blocks kept in the store (--kind chooses)",
                        err=True)
-    run = train(o["store"], o["out"], side=side, optim=optim, data=data, device=o["device"], resume=o["resume"],
+    run = train(store, o["out"], side=side, optim=optim, data=data, device=o["device"], resume=o["resume"],
                 log=o["log"], keep_resume=o["keep_resume"])
     val = "n/a" if run.val_loss is None else f"{run.val_loss:.4f}"
     best = "" if run.best_loss is None else f" (best {run.best_loss:.4f}: {run.out / BEST})"

@@ -34,9 +34,9 @@ class OptimConfig:
     recompute: bool = field(default=True, metadata={
         "help": "Recompute side-block activations in backward: much less memory for ~7% more time."})
 
-    def for_kind(self, kind: str) -> OptimConfig:
-        """These settings with the learning rate of a network of ``kind`` where none was given."""
-        return self if self.lr is not None else replace(self, lr=LR[kind])
+    def with_default_lr(self, lr: float) -> OptimConfig:
+        """These settings with ``lr`` where none was given (a side network: its kind's, ``LR[kind]``)."""
+        return self if self.lr is not None else replace(self, lr=lr)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +87,8 @@ def probe_layers(store: FeatureStore, layers: list[int] | None = None, data: Dat
                  optim: OptimConfig | None = None, device: str = "auto", progress: bool = True) -> list[ProbeResult]:
     """Trains a probe of each of ``layers`` (default: every stored layer) on the store's training
     split and returns each one's validation loss before (logit lens) and after training."""
-    optim = replace(optim or OptimConfig(), lr=(optim and optim.lr) or PROBE_LR)  # affine maps: not a side kind's
     data, device = data or DataConfig(epochs=1), resolve_device(device)
+    optim = (optim or OptimConfig()).with_default_lr(PROBE_LR)  # affine maps: not a side network's lr
     layers = sorted(layers or store.layers)
     missing = sorted(set(layers) - set(store.layers))
     if missing:

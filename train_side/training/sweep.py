@@ -216,7 +216,7 @@ def sweep(store, out: str | Path, grid: dict[str, list], *, side: dict | None = 
     planned = []  # (params, data config, spec) of every run, in the grid's order
     side = recipe(store, side or {}, swept=grid)
     for params in expand(grid):
-        side_config, optim_config = configs(params, side or {}, optim or {}, backbone_dims(store))
+        side_config, optim_config = configs(params, side, optim or {}, backbone_dims(store))
         where = run_dir(out, params)
         planned.append((params, data_config(params, data), RunSpec(where.name, where, side_config, optim_config)))
     passes: dict[str, tuple[DataConfig, list[RunSpec]]] = {}  # the runs of each data setting, trained together

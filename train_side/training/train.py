@@ -28,7 +28,7 @@ from featurestore.options import option_values
 from .. import checkpoint
 from ..backbone import reload_backbone
 from ..checkpoint import Checkpoint, TrainedFrom
-from ..config import DataConfig, OptimConfig
+from ..config import LR, DataConfig, OptimConfig
 from ..data import epochs_from, loader_settings, plan, read_ahead, split_examples, steps_of
 from ..devices import resolve_device
 from ..network.batch import Batch
@@ -96,7 +96,7 @@ class RunSpec:
     tag: str = ""
 
     def __post_init__(self):  # a learning rate left unset is the kind's (train_side.config.LR)
-        object.__setattr__(self, "optim", self.optim.for_kind(self.side.kind))
+        object.__setattr__(self, "optim", self.optim.with_default_lr(LR[self.side.kind]))
 
     @classmethod
     def at(cls, out: Path, side: SideConfig, optim: OptimConfig | None = None, tag: str = "") -> RunSpec:

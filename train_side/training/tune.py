@@ -85,8 +85,8 @@ def tune(store, out: str | Path, space: dict[str, Range | Choice], search: Searc
                             "reduction_factor": search.reduction_factor, "min_steps": min_steps})
     n_trials = min(search.trials, size(grid(space))) if search.sampler == "grid" else search.trials
     rungs = {step for k in range(64) if (step := min_steps * search.reduction_factor ** k) <= total}
-    worker = Worker(study, store, out, space, recipe(store, side or {}, swept=space), optim or {}, data, device, progress, echo, n_trials, total,
-                    rungs)
+    side = recipe(store, side or {}, swept=space)
+    worker = Worker(study, store, out, space, side, optim or {}, data, device, progress, echo, n_trials, total, rungs)
     waited = False
     while True:
         reap(study)
