@@ -3,7 +3,6 @@ check, and the start of a side network made of the backbone's own top blocks."""
 
 from __future__ import annotations
 
-from extract.backbones import resolve_backbone, same_backbone
 from extract.provenance import BackboneInfo
 from featurestore.errors import UserError
 
@@ -14,6 +13,8 @@ class BackboneError(UserError, ValueError):
 
 def reload_backbone(model: BackboneInfo, device: str):
     """The backbone exactly as extracted, or a BackboneError naming what differs."""
+    from extract.backbones import resolve_backbone, same_backbone  # transformers: only where a backbone is loaded
+
     source = resolve_backbone(model.id, quantization=model.quantization, dtype=model.dtype, device=device)
     differences = same_backbone(source.info, model.to_json())
     if differences:

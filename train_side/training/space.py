@@ -73,7 +73,8 @@ class Search:
     sampler_seed: int | None = field(default=None, metadata={
         "help": "Seed of the sampler (one worker: a repeatable search; several: give each its own or none)."})
     pruner: str = field(default="halving", metadata={
-        "choices": PRUNERS, "help": "Stop losing trials at each rung: successive halving, Hyperband, or none."})
+        "choices": PRUNERS, "help": "Stop losing trials at each rung: successive halving (a batch judged together), "
+                                    "Optuna's Hyperband, or none."})
     reduction_factor: int = field(default=3, metadata={
         "help": "The pruner keeps 1 trial in this many at each rung; rungs are this many times apart.", "min": 2})
     min_steps: int = field(default=0, metadata={

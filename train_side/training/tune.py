@@ -2,9 +2,9 @@
 
 Trials are asked of an Optuna study in batches (ask/tell) and trained together exactly as a
 sweep's runs are (``fit``: each batch is read once and fed to every trial). Each trial reports
-its validation loss at every evaluation, and the study's pruner (successive halving, Hyperband)
-stops the losers there: a pruned run is saved, its memory freed, and the survivors keep reading
-the same batches.
+its validation loss at every evaluation, and the study's pruner stops the losers there (successive
+halving judging a batch's trials at a rung together: halving.py; or Optuna's Hyperband): a pruned
+run is saved, its memory freed, and the survivors keep reading the same batches.
 
 The study lives in an Optuna RDB storage (SQLite in --out by default, PostgreSQL or MySQL for a
 team), so several `train_side tune` processes, on one machine or many, share one study: Optuna
@@ -38,6 +38,7 @@ from ..checkpoint import Checkpoint
 from ..config import DataConfig
 from ..data import plan, split_examples
 from . import rundir
+from .halving import BatchHalvingPruner
 from .space import Choice, Range, Search, describe, grid, size, suggest
 from .sweep import GridError, configs, format_table, run_name
 from .train import Run, RunSpec, Watch, backbone_dims, fit, recipe
@@ -78,13 +79,13 @@ def tune(store, out: str | Path, space: dict[str, Range | Choice], search: Searc
     total = data.total_steps(len(plan(store, split_examples(store.n_examples, data.val_fraction, data.seed)[0],
                                       data.token_budget)))
     min_steps = search.min_steps or max(1, total // search.reduction_factor ** 3)
-    study = open_study(out, storage, study_name or out.resolve().name, space, search, total, min_steps)
+    rungs = {step for k in range(64) if (step := min_steps * search.reduction_factor ** k) < total}
+    study = open_study(out, storage, study_name or out.resolve().name, space, search, total, min_steps, rungs)
     record_settings(study, {"space": describe(space), "side": side or {}, "optim": optim or {},
                             "data": {k: v for k, v in asdict(data).items() if k not in ("eval_every", "save_every")},
                             "store": store.fingerprint, "sampler": search.sampler, "pruner": search.pruner,
                             "reduction_factor": search.reduction_factor, "min_steps": min_steps})
     n_trials = min(search.trials, size(grid(space))) if search.sampler == "grid" else search.trials
-    rungs = {step for k in range(64) if (step := min_steps * search.reduction_factor ** k) <= total}
     side = recipe(store, side or {}, swept=space)
     worker = Worker(study, store, out, space, side, optim or {}, data, device, progress, echo, n_trials, total, rungs)
     waited = False
@@ -104,7 +105,7 @@ def tune(store, out: str | Path, space: dict[str, Range | Choice], search: Searc
 
 
 def open_study(out: Path, url: str | None, name: str, space: dict, search: Search, total: int,
-               min_steps: int) -> optuna.Study:
+               min_steps: int, rungs: set[int]) -> optuna.Study:
     """The study ``name`` in the storage at ``url`` (default: DIR/study.db), created if new."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -117,7 +118,7 @@ def open_study(out: Path, url: str | None, name: str, space: dict, search: Searc
         sampler = optuna.samplers.RandomSampler(seed=search.sampler_seed)
     else:  # constant liar: the trials of one batch, asked before any result, spread out instead of piling up
         sampler = optuna.samplers.TPESampler(seed=search.sampler_seed, constant_liar=True)
-    pruner = {"halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_steps, search.reduction_factor),
+    pruner = {"halving": lambda: BatchHalvingPruner(rungs, search.reduction_factor),  # a batch's rung judged at once
               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_steps, total, search.reduction_factor),
               "none": optuna.pruners.NopPruner}[search.pruner]()
     return optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
