@@ -17,16 +17,19 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from extract.backbones import Backbone, resolve_backbone
 from featurestore import FeatureStore
 from train_side.config import DataConfig, OptimConfig
 from train_side.data import epochs_from, plan, read_ahead, read_batch, split_examples
 from train_side.network.batch import Batch
 from train_side.training.train import Run, lr_factor
+
+if TYPE_CHECKING:  # transformers comes with extract.backbones: imported only by the jobs that load a backbone
+    from extract.backbones import Backbone
 
 # --- the batches every method sees -------------------------------------------------------------
 
@@ -155,6 +158,8 @@ def lora_model(model: str, *, qlora: bool, rank: int, device: str, adapter: Path
     """(the backbone ``model`` with LoRA adapters, its tokenizer), as a careful user sets it up:
     nf4 + prepare_model_for_kbit_training for QLoRA, gradient checkpointing for both; with
     ``adapter``, those trained adapters loaded for inference."""
+    from extract.backbones import resolve_backbone
+
     source = resolve_backbone(model, dtype="auto", device=device)
     lm = causal_lm(source.source, dtype=source.dtype, device=source.device, nf4=qlora)
     if adapter is not None:

@@ -40,13 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extract.backbones import load_backbone
 from extract.provenance import Provenance
-from extract.run import extract
 from featurestore import FeatureStore, get_codec
 from train_side.config import DataConfig, OptimConfig
-from train_side.inference.evaluate import answer, score
-from train_side.inference.generate import Pipeline
 from train_side.network.model import FrozenHead, SideConfig, SideNetwork
 from train_side.network.prune import init_from_backbone, pruned_settings, top_settings
 from train_side.training.train import Run, RunSpec, backbone_dims, fit, top_blocks
@@ -67,6 +63,20 @@ from benchlib import (
     train_live,
     train_lora,
 )
+
+
+# The jobs that train from the store never load a backbone: they start without transformers (~4 s a
+# process), so what loads one imports it where it does.
+def load_backbone(*args, **kwargs):
+    from extract.backbones import load_backbone as load
+
+    return load(*args, **kwargs)
+
+
+def extract(*args, **kwargs):
+    from extract.run import extract as run
+
+    return run(*args, **kwargs)
 
 PEFT_METHODS = ("qlora", "lora")
 SIDE_METHODS = ("ladder", "xladder")
@@ -295,7 +305,9 @@ def shape(setup: Setup, store: FeatureStore) -> dict:
 
 
 def worker(job: dict) -> dict:
-    """One piece of the comparison, run by a fresh process (``--worker``): memory is its own."""
+    """One piece of the comparison, run by a fresh process (``--worker``): memory is its own. (The
+    evaluations, which measure no memory, run in the comparison's own process: one import of the
+    backbone's libraries for all of them.)"""
     setup, kind, out = Setup(**job["setup"]), job["kind"], Path(job["out"])
     torch.manual_seed(setup.seed)
     baseline = rss_mb()
@@ -317,10 +329,7 @@ def worker(job: dict) -> dict:
         return time_method(setup, job["method"], job["lr"], store, out)
     if kind == "timing-extract":
         return time_extraction(setup, out)
-    if kind == "train":
-        return train_from_store(setup, store, job["methods"], out)
-    return evaluate_method(setup, job["method"], store, Path(job["checkpoint"]) if job.get("checkpoint") else None,
-                           out)
+    return train_from_store(setup, store, job["methods"], out)
 
 
 def probe(setup: Setup, method: str, store: FeatureStore, out: Path) -> None:
@@ -345,6 +354,9 @@ def probe(setup: Setup, method: str, store: FeatureStore, out: Path) -> None:
 
 def evaluate_method(setup: Setup, method: str, store: FeatureStore, checkpoint: Path | None, out: Path) -> dict:
     """Greedy CoT on the test problems, through the same generation loop for every method."""
+    from train_side.inference.evaluate import answer, score
+    from train_side.inference.generate import Pipeline
+
     provenance = Provenance.load(store.attrs)
     examples = replace(provenance.dataset, dataset=setup.dataset).load(setup.test_split, setup.test_examples)
     if method in PEFT_METHODS:
@@ -446,17 +458,15 @@ def compare(setup: Setup, out: Path, methods: tuple[str, ...]) -> dict:
     for method in methods:  # first, as it takes minutes: the peak memory of every method
         results.once(lambda: in_fresh_process(job(kind="probe", method=method, out=str(out / "probe" / method)),
                                               out / "probe" / method)["peak_mb"], "peak_mb", method)
-    results.once(lambda: in_fresh_process(job(kind="eval", method="backbone", out=str(out / "eval" / "backbone")),
-                                          out / "eval" / "backbone"), "eval", "backbone")
+    results.once(lambda: evaluate_method(setup, "backbone", store, None, out / "eval" / "backbone"), "eval", "backbone")
     for method in methods:
         runs = trained(method)
         lr = min(runs, key=lambda k: runs[k]["val_loss"])
         checkpoint = runs[lr].get("checkpoint") or out / method / f"lr={lr}"
         row = {"lr": float(lr), "lrs": {k: r["val_loss"] for k, r in runs.items()}, **runs[lr],
                "sweep_seconds": sweep_seconds(method, runs, results, setup), "peak_mb": results.get("peak_mb", method)}
-        row |= results.once(lambda: in_fresh_process(
-            job(kind="eval", method=method, checkpoint=str(checkpoint), out=str(out / "eval" / method)),
-            out / "eval" / method), "eval", method)
+        row |= results.once(lambda: evaluate_method(setup, method, store, Path(checkpoint), out / "eval" / method),
+                            "eval", method)
         results.put(row, "methods", method)
     return results.data
 
@@ -465,6 +475,7 @@ def levers(setup: Setup, out: Path) -> dict:
     """Trains and evaluates the Ladder with each lever (after :func:`compare`, whose Ladder it changes)."""
     results = Results(out / "compare.json", setup)
     store_path = prepare_store(setup, out)[0]
+    store = FeatureStore.open(store_path)
     lrs = {method: results.get("methods", method, "lr") for method in SIDE_METHODS}
     if None in lrs.values():
         raise SystemExit("--levers changes the Ladder and xLadder of a finished comparison: run it with both first")
@@ -472,9 +483,8 @@ def levers(setup: Setup, out: Path) -> dict:
     trained = results.once(lambda: in_fresh_process(job(kind="train", method="levers", lrs=lrs,
                                                         out=str(out / "levers")), out / "levers"), "lever_runs")
     for name, run in trained.items():
-        evaluation = results.once(lambda: in_fresh_process(
-            job(kind="eval", method="ladder", checkpoint=str(out / "levers" / name), out=str(out / "eval" / name)),
-            out / "eval" / name), "eval", name)
+        evaluation = results.once(lambda: evaluate_method(setup, "ladder", store, out / "levers" / name,
+                                                          out / "eval" / name), "eval", name)
         results.put({**run, **evaluation}, "levers", name)
     return results.data
 
@@ -515,8 +525,7 @@ def scaling(setup: Setup, out: Path, budgets: list[float], methods: tuple[str, .
                 continue
             results.once(lambda: in_fresh_process(job(kind="budget", method=method, lr=lrs[method], max_steps=n,
                                                       out=str(where)), where), "scaling", *key, "run")
-            results.once(lambda: in_fresh_process(job(kind="eval", method=method, checkpoint=str(where),
-                                                      out=str(where / "eval")), where / "eval"), "scaling", *key, "eval")
+            results.once(lambda: evaluate_method(setup, method, store, where, where / "eval"), "scaling", *key, "eval")
     # the seconds axis: every method timed one after another, so that the times compare (the long runs'
     # own seconds, kept in their records, may have shared the machine with other work)
     for method in SCALING:
