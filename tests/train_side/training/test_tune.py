@@ -225,3 +225,11 @@ def test_cli_tune_and_its_one_line_errors(tmp_path, tiny_store):
     assert "cannot open the study storage postgresql://me:***@localhost" in error(
         "lr: [0.001]\n", "--storage", "postgresql://me:secret@localhost:1/db")
     assert "give --val-fraction above 0" in error("lr: [0.001]\n", "--val-fraction", "0")
+
+
+def test_the_first_rung_comes_after_the_warmup_and_a_step_beyond_it():
+    first_rung = tuning.first_rung
+    assert first_rung(75, 3, OptimConfig()) == 4  # the demo store's 75 steps: warmup 0.05 = 3 steps, then 1
+    assert first_rung(75, 3, OptimConfig(warmup=0.0)) == 2  # total / 27
+    assert first_rung(10_000, 3, OptimConfig(warmup=0.0)) == 370
+    assert first_rung(10, 3, OptimConfig(warmup=0.0)) == 1
