@@ -232,4 +232,4 @@ def test_the_first_rung_comes_after_the_warmup_and_a_step_beyond_it():
     assert first_rung(75, 3, OptimConfig()) == 4  # the demo store's 75 steps: warmup 0.05 = 3 steps, then 1
     assert first_rung(75, 3, OptimConfig(warmup=0.0)) == 2  # total / 27
     assert first_rung(10_000, 3, OptimConfig(warmup=0.0)) == 370
-    assert first_rung(10, 3, OptimConfig(warmup=0.0)) == 1
+    assert first_rung(10, 3, OptimConfig(warmup=0.0)) == 2  # a step at the full lr, and one more
