@@ -78,6 +78,7 @@ def extract(*args, **kwargs):
 
     return run(*args, **kwargs)
 
+
 PEFT_METHODS = ("qlora", "lora")
 SIDE_METHODS = ("ladder", "xladder")
 METHODS = (*PEFT_METHODS, "live-lst", *SIDE_METHODS)

@@ -20,7 +20,9 @@ from bench_tune import GRID
 from featurestore import FeatureStore
 from train_side.config import DataConfig
 from train_side.training.sweep import configs, expand, format_table, run_name
+from train_side.training.halving import kept
 from train_side.training.train import RunSpec, Watch, backbone_dims, fit, recipe
+from train_side.training.tune import rung_steps
 
 FIRST_RUNGS = (2, 4, 6, 12, 18)
 RF = 3
@@ -45,9 +47,9 @@ def halving(seen: dict[str, dict[int, float]], rungs: list[int], total: int) -> 
     """(steps trained, best final validation loss kept) of halving judged at ``rungs``."""
     alive, stopped = list(seen), 0
     for rung in rungs:
-        kept = sorted(alive, key=lambda name: seen[name][rung])[:max(1, len(alive) // RF)]
-        stopped += rung * (len(alive) - len(kept))
-        alive = kept
+        going_on = sorted(alive, key=lambda name: seen[name][rung])[:kept(len(alive), RF)]
+        stopped += rung * (len(alive) - len(going_on))
+        alive = going_on
     return stopped + total * len(alive), min(seen[name][total] for name in alive)
 
 
@@ -67,7 +69,7 @@ def main() -> None:
     best = min(c[total] for c in seen.values())
     rows = []
     for first in FIRST_RUNGS:
-        rungs = [first * RF ** k for k in range(6) if first * RF ** k < total]
+        rungs = rung_steps(first, RF, total)
         trained, found = halving(seen, rungs, total)
         rows.append({"first_rung": first, "rungs": ",".join(map(str, rungs)), "steps": trained,
                      "share": f"{trained / (len(seen) * total):.0%}", "best_found": round(found, 4),

@@ -23,8 +23,13 @@ from optuna.trial import FrozenTrial, TrialState
 JUDGED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)  # not failed ones: their retries hold their values
 
 
+def kept(n: int, reduction_factor: int) -> int:
+    """How many of ``n`` trials at a rung go on."""
+    return max(1, n // reduction_factor)
+
+
 class BatchHalvingPruner(optuna.pruners.BasePruner):
-    """Keeps the best ``max(1, n // reduction_factor)`` of the ``n`` trials with a value at each
+    """Keeps the best ``kept(n, reduction_factor)`` of the ``n`` trials with a value at each
     step of ``rungs``; never prunes elsewhere."""
 
     def __init__(self, rungs: Collection[int], reduction_factor: int):
@@ -39,4 +44,4 @@ class BatchHalvingPruner(optuna.pruners.BasePruner):
             return True
         at_rung = sorted(v for t in study.get_trials(deepcopy=False, states=JUDGED)
                          if not math.isnan(v := t.intermediate_values.get(step, math.nan)))
-        return value > at_rung[max(1, len(at_rung) // self.reduction_factor) - 1]
+        return value > at_rung[kept(len(at_rung), self.reduction_factor) - 1]

@@ -73,10 +73,15 @@ def changed_settings(saved: Checkpoint, side: SideConfig, optim: OptimConfig, da
     return changes
 
 
+def warmup_steps(total_steps: int, optim: OptimConfig) -> int:
+    """The steps of ``optim``'s linear warmup over a run of ``total_steps``."""
+    return max(1, int(optim.warmup * total_steps))
+
+
 def lr_factor(step: int, total_steps: int, optim: OptimConfig) -> float:
     """The learning rate of ``step`` as a fraction of ``optim.lr``: linear warmup, then cosine
     decay to ``optim.min_lr``."""
-    warmup = max(1, int(optim.warmup * total_steps))
+    warmup = warmup_steps(total_steps, optim)
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))

@@ -41,7 +41,7 @@ from . import rundir
 from .halving import BatchHalvingPruner
 from .space import Choice, Range, Search, describe, grid, size, suggest
 from .sweep import GridError, configs, format_table, run_name
-from .train import Run, RunSpec, Watch, backbone_dims, fit, recipe
+from .train import Run, RunSpec, Watch, backbone_dims, fit, recipe, warmup_steps
 
 MAX_RETRY = 3  # a trial that kills its worker every time is given up after this many tries
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -79,7 +79,7 @@ def tune(store, out: str | Path, space: dict[str, Range | Choice], search: Searc
     total = data.total_steps(len(plan(store, split_examples(store.n_examples, data.val_fraction, data.seed)[0],
                                       data.token_budget)))
     min_steps = search.min_steps or first_rung(total, search.reduction_factor, OptimConfig(**(optim or {})))
-    rungs = {step for k in range(64) if (step := min_steps * search.reduction_factor ** k) < total}
+    rungs = set(rung_steps(min_steps, search.reduction_factor, total))
     study = open_study(out, storage, study_name or out.resolve().name, space, search, total, min_steps, rungs)
     record_settings(study, {"space": describe(space), "side": side or {}, "optim": optim or {},
                             "data": {k: v for k, v in asdict(data).items() if k not in ("eval_every", "save_every")},
@@ -110,8 +110,12 @@ def first_rung(total: int, reduction_factor: int, optim: OptimConfig) -> int:
     of the warmup's first jumps: on the demo store (27 Ladder settings, 75 steps) the trials judged
     at step 2 kept one 30% worse than the best, and at step 4 (the default warmup's end) one within
     0.8% (docs/benchmarks.md#searching-with-tune)."""
-    warmup = max(1, int(optim.warmup * total))  # as lr_factor counts it
-    return max(1, total // reduction_factor ** 3, warmup + 1)
+    return max(1, total // reduction_factor ** 3, warmup_steps(total, optim) + 1)
+
+
+def rung_steps(first: int, reduction_factor: int, total: int) -> list[int]:
+    """The rungs: ``first`` x reduction_factor^k, before the last step (where every trial ends anyway)."""
+    return [step for k in range(64) if (step := first * reduction_factor ** k) < total]
 
 
 def open_study(out: Path, url: str | None, name: str, space: dict, search: Search, total: int,
