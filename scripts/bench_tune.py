@@ -55,7 +55,7 @@ def halving_vs_sweep(store: Path, work: Path, data: DataConfig) -> list[dict]:
         {"method": "sweep (27 to the end)", "seconds": round(sweep_seconds, 1), "steps": 27 * total,
          "best_val_loss": sweep_best, "cost": "1.00", "best_vs_sweep": "+0.0%",
          "best_setting": setting(min(swept, key=lambda r: r["val_loss"]))},
-        {"method": "tune, halving (rf 3)", "seconds": round(tune_seconds, 1), "steps": sum(r["steps"] for r in outcome.rows),
+        {"method": f"tune, halving (rf 3, rungs on {Search.rung_share:.0%} of held-out)", "seconds": round(tune_seconds, 1), "steps": sum(r["steps"] for r in outcome.rows),
          "best_val_loss": tune_best, "cost": f"{tune_seconds / sweep_seconds:.2f}",
          "best_vs_sweep": f"{tune_best / sweep_best - 1:+.1%}", "best_setting": setting(outcome.best),
          "pruned": sum(r["state"] == "pruned" for r in outcome.rows)},

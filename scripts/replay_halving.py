@@ -21,6 +21,7 @@ from featurestore import FeatureStore
 from train_side.config import DataConfig
 from train_side.training.sweep import configs, expand, format_table, run_name
 from train_side.training.halving import kept
+from train_side.training.space import Search
 from train_side.training.train import RunSpec, Watch, backbone_dims, fit, recipe
 from train_side.training.tune import rung_steps
 
@@ -28,18 +29,19 @@ FIRST_RUNGS = (2, 4, 6, 12, 18)
 RF = 3
 
 
-def curves(store: FeatureStore, data: DataConfig, out: Path, steps: set[int]) -> dict[str, dict[int, float]]:
-    """{run: {step: validation loss}} at ``steps`` and the last step, every run trained to the end."""
+def curves(store: FeatureStore, data: DataConfig, out: Path, steps: set[int], share: float) -> dict[str, dict[int, float]]:
+    """{run: {step: loss}} at ``steps`` (on the rungs' ``share`` of the held-out set) and the last step
+    (its validation loss), every run trained to the end."""
     side = recipe(store, {}, swept=GRID)
     specs = [RunSpec(run_name(p), out / run_name(p), *configs(p, side, {}, backbone_dims(store))) for p in expand(GRID)]
     seen: dict[str, dict[int, float]] = {}
 
-    def record(runs):
-        for run in runs:
-            seen.setdefault(run.name, {})[run.step] = run.val_loss
+    def record(runs, losses):
+        for run, loss in zip(runs, losses):
+            seen.setdefault(run.name, {})[run.step] = run.val_loss if run.step == run.total_steps else loss
         return []
 
-    fit(store, specs, data, progress=True, watch=Watch(due=steps.__contains__, stop=record))
+    fit(store, specs, data, progress=True, watch=Watch(due=steps.__contains__, share=share, stop=record))
     return seen
 
 
@@ -58,13 +60,15 @@ def main() -> None:
     parser.add_argument("--store", required=True)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--token-budget", type=int, default=1024)
+    parser.add_argument("--rung-share", type=float, default=Search.rung_share,
+                        help="Share of the held-out set the rungs rank on (tune --rung-share).")
     args = parser.parse_args()
     torch.set_num_threads(2)
     store = FeatureStore.open(args.store)
     data = DataConfig(epochs=args.epochs, token_budget=args.token_budget, val_fraction=0.1)
     with tempfile.TemporaryDirectory() as tmp:
         steps = {r * RF ** k for r in FIRST_RUNGS for k in range(6)}
-        seen = curves(store, data, Path(tmp), steps)
+        seen = curves(store, data, Path(tmp), steps, args.rung_share)
     total = max(next(iter(seen.values())))
     best = min(c[total] for c in seen.values())
     rows = []

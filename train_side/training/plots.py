@@ -29,6 +29,7 @@ def loss_curve(run_dir: Path) -> Path:
     metrics = _metrics(run_dir)
     train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
     val = [(m["step"], m["val_loss"]) for m in metrics if "val_loss" in m]
+    rungs = [(m["step"], m["rung_loss"]) for m in metrics if "rung_loss" in m]
     fig, ax = plt.subplots(figsize=(6, 4))
     if train:
         steps, losses = zip(*train)
@@ -36,6 +37,8 @@ def loss_curve(run_dir: Path) -> Path:
         ax.plot(steps, _smooth(list(losses)), color="tab:blue", label="train (smoothed)")
     if val:
         ax.plot(*zip(*val), "o-", color="tab:orange", label="validation")
+    if rungs:
+        ax.plot(*zip(*rungs), "x", color="tab:red", label="rung (share of held-out)")
     ax.set(xlabel="step", ylabel="loss per target token", title=Path(run_dir).name)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -78,7 +78,12 @@ class Search:
     reduction_factor: int = field(default=3, metadata={
         "help": "The pruner keeps 1 trial in this many at each rung; rungs are this many times apart.", "min": 2})
     min_steps: int = field(default=0, metadata={
-        "help": "Steps every trial trains before the first rung (0: total steps / reduction factor^3).", "min": 0})
+        "help": "Steps every trial trains before the first rung (0: total steps / reduction factor^3, and at least "
+                "a step past the warmup).", "min": 0})
+    rung_share: float = field(default=0.3, metadata={  # docs/benchmarks.md#searching-with-tune
+        "help": "Share of the held-out examples a rung ranks the trials on (evenly spread, the same for every "
+                "trial; 1: all). A finished trial's validation loss reads them all.", "min": 0, "min_open": True,
+        "max": 1})
     heartbeat: int = field(default=60, metadata={
         "help": "Seconds between a worker's heartbeats; a trial silent for twice this is failed and retried.",
         "min": 1})

@@ -204,6 +204,13 @@ class Run:
         self.val_loss = mean_loss(self.model, self.head, batches)
         return self.val_loss
 
+    def rung_loss(self, batches: list[Batch]) -> float:
+        """The loss on a rung's share of the held-out batches (logged as rung_loss): a pruner's
+        ranking, not a validation, so neither the validation loss nor the best weights change."""
+        loss = mean_loss(self.model, self.head, batches)
+        self.log({"rung_loss": loss})
+        return loss
+
     def keep_best(self) -> None:
         """After a validation: a better loss than any before is saved as RUN/best (a run directory
         of its own); otherwise one more validation without improvement counts towards
@@ -320,12 +327,23 @@ def train(store, out: str | Path, *, side: dict | None = None, optim: OptimConfi
 
 @dataclass(frozen=True)
 class Watch:
-    """What a caller may add to the training loop (a tuner's pruning): ``due(step)`` asks for a
-    validation at more steps than the data settings', and after every validation ``stop(runs)``
-    names the runs to stop there; each is saved and released, and the others go on."""
+    """What a caller may add to the training loop (a tuner's pruning): ``due(step)`` asks for a rung
+    at more steps than the data settings' validations: every run's loss on ``share`` of the held-out
+    batches (``rung_batches``), which neither sets its validation loss nor counts towards its best
+    weights. After every rung or validation ``stop(runs, losses)`` names the runs to stop there
+    (``losses``: each run's rung loss at a rung, else its validation loss); each is saved and
+    released, and the others go on."""
 
     due: Callable[[int], bool] = lambda step: False
-    stop: Callable[[list[Run]], list[Run]] = lambda runs: []
+    share: float = 1.0
+    stop: Callable[[list[Run], list[float]], list[Run]] = lambda runs, losses: []
+
+
+def rung_batches(validation: list, share: float) -> list:
+    """``share`` of the held-out batches (at least one), evenly spread over them: the same for every
+    run, so a rung compares all of them on one sample, at ``share`` of a validation's cost."""
+    n = max(1, math.ceil(share * len(validation)))
+    return validation if n >= len(validation) else [validation[i * len(validation) // n] for i in range(n)]
 
 
 def fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: str = "auto", resume: bool = False,
@@ -450,6 +468,7 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
         run.tracker = open_tracker(log, run.out, run.name, run.step, settings[run.out])
     loader = loader_settings(device)
     validation = [b.to(device) for b in read_ahead(store, val_batches, layers, **loader)] if active else []
+    sample = rung_batches(validation, watch.share)
     with Progress([run.name for run in active], total_steps, start_step, progress) as bars, \
             interrupt_after_step() as interrupted, closing_trackers(runs):
         for epoch, order in epochs_from(per_epoch, data, start_step):
@@ -466,13 +485,17 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
                     step = active[0].step
                     end_of_epoch = step % per_epoch == 0 or step == total_steps
                     stopped = []
-                    if validation and (end_of_epoch or data.eval_every and step % data.eval_every == 0 or
-                                       watch.due(step)):
+                    full, rung = end_of_epoch or data.eval_every and step % data.eval_every == 0, watch.due(step)
+                    if validation and (full or rung):
+                        losses = []
                         for run in active:
-                            run.log({"epoch": epoch, "val_loss": run.validate(validation)})
-                            run.keep_best()
+                            if full:
+                                run.log({"epoch": epoch, "val_loss": run.validate(validation)})
+                                run.keep_best()
+                            losses.append(run.rung_loss(sample) if rung and not (full and sample is validation)
+                                          else run.val_loss)
                             bars.show(run)
-                        stopped = watch.stop(active)
+                        stopped = watch.stop(active, losses)
                     for run in stopped:  # saved, then their memory goes to the runs still training
                         run.save()
                         run.close_tracker()

@@ -1,10 +1,12 @@
 """Hyper-parameter search with Optuna over one pass of the data: `train_side tune`.
 
 Trials are asked of an Optuna study in batches (ask/tell) and trained together exactly as a
-sweep's runs are (``fit``: each batch is read once and fed to every trial). Each trial reports
-its validation loss at every evaluation, and the study's pruner stops the losers there (successive
-halving judging a batch's trials at a rung together: halving.py; or Optuna's Hyperband): a pruned
-run is saved, its memory freed, and the survivors keep reading the same batches.
+sweep's runs are (``fit``: each batch is read once and fed to every trial). At each rung every
+trial reports its loss on a share of the held-out set (--rung-share: the same examples for all, at a
+share of a validation's cost), and the study's pruner stops the losers there (successive halving
+judging a batch's trials at a rung together: halving.py; or Optuna's Hyperband): a pruned run is
+saved, its memory freed, and the survivors keep reading the same batches. A finished trial's value
+is its validation loss on the whole held-out set.
 
 The study lives in an Optuna RDB storage (SQLite in --out by default, PostgreSQL or MySQL for a
 team), so several `train_side tune` processes, on one machine or many, share one study: Optuna
@@ -84,10 +86,12 @@ def tune(store, out: str | Path, space: dict[str, Range | Choice], search: Searc
     record_settings(study, {"space": describe(space), "side": side or {}, "optim": optim or {},
                             "data": {k: v for k, v in asdict(data).items() if k not in ("eval_every", "save_every")},
                             "store": store.fingerprint, "sampler": search.sampler, "pruner": search.pruner,
-                            "reduction_factor": search.reduction_factor, "min_steps": min_steps})
+                            "reduction_factor": search.reduction_factor, "min_steps": min_steps,
+                            "rung_share": search.rung_share})
     n_trials = min(search.trials, size(grid(space))) if search.sampler == "grid" else search.trials
     side = recipe(store, side or {}, swept=space)
-    worker = Worker(study, store, out, space, side, optim or {}, data, device, progress, echo, n_trials, total, rungs)
+    worker = Worker(study, store, out, space, side, optim or {}, data, device, progress, echo, n_trials, total, rungs,
+                    search.rung_share)
     waited = False
     while True:
         reap(study)
@@ -282,6 +286,7 @@ class Worker:
     n_trials: int
     total: int
     rungs: set[int]
+    rung_share: float
 
     def train(self, trials: list[Trial]) -> None:
         """Trains a batch: trials at the same step (new ones at 0, retries from their checkpoints)
@@ -329,24 +334,24 @@ class Worker:
         return RunSpec(run_name(rounded(params)), out, side, optim)
 
     def fit(self, group: dict[Trial, RunSpec], resume: bool, trial_ids: set[int]) -> None:
-        """One ``fit`` of the group's runs; the pruner is asked at every validation."""
+        """One ``fit`` of the group's runs; the pruner is asked at every rung and validation."""
         trial_of: dict[str, Trial] = {str(spec.out): trial for trial, spec in group.items()}
 
-        def stop(runs: list[Run]) -> list[Run]:
-            for run in runs:
-                self.told(trial_of[str(run.out)], run, trial_ids, lambda trial: trial.report(run.val_loss, run.step))
+        def stop(runs: list[Run], losses: list[float]) -> list[Run]:
+            for run, loss in zip(runs, losses):
+                self.told(trial_of[str(run.out)], run, trial_ids, lambda trial: trial.report(loss, run.step))
             stopped = [run for run in runs if trial_of[str(run.out)]._trial_id not in trial_ids]  # lost
-            for run in runs:
+            for run, loss in zip(runs, losses):
                 if run not in stopped and trial_of[str(run.out)].should_prune():
-                    self.finish(trial_of[str(run.out)], run, TrialState.PRUNED, trial_ids)
+                    self.finish(trial_of[str(run.out)], run, TrialState.PRUNED, trial_ids, loss)
                     stopped.append(run)
             return stopped
 
         runs = fit(self.store, list(group.values()), self.data, device=self.device, resume=resume,
-                   progress=self.progress, watch=Watch(due=self.rungs.__contains__, stop=stop))
+                   progress=self.progress, watch=Watch(due=self.rungs.__contains__, share=self.rung_share, stop=stop))
         for run in runs:
             if trial_of[str(run.out)]._trial_id in trial_ids:
-                self.finish(trial_of[str(run.out)], run, TrialState.COMPLETE, trial_ids)
+                self.finish(trial_of[str(run.out)], run, TrialState.COMPLETE, trial_ids, run.val_loss)
 
     def told(self, trial: Trial, run: Run, trial_ids: set[int], what: Callable[[Trial], object]) -> bool:
         """``what(trial)``, unless another worker has failed the trial meanwhile (its heartbeats were
@@ -360,8 +365,9 @@ class Worker:
                       f"continues it, so it stops here at step {run.step}")
             return False
 
-    def finish(self, trial: Trial, run: Run, state: TrialState, trial_ids: set[int]) -> None:
-        """Tells the study a trial's end and prints its line."""
+    def finish(self, trial: Trial, run: Run, state: TrialState, trial_ids: set[int], loss: float) -> None:
+        """Tells the study a trial's end and prints its line (``loss``: its validation loss, or the rung's
+        where it was pruned)."""
 
         def tell(trial: Trial) -> None:
             trial.set_user_attr("steps", run.step)
@@ -372,8 +378,9 @@ class Worker:
             return
         trial_ids.discard(trial._trial_id)
         done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        self.echo(f"[{done}/{self.n_trials}] trial {trial.number} {'complete' if state == TrialState.COMPLETE else 'pruned'}"
-                  f" at step {run.step}/{self.total}: val_loss {run.val_loss:.4f}  {run.name}  ({run.seconds:.0f} s)")
+        ended = "complete" if state == TrialState.COMPLETE else "pruned"
+        self.echo(f"[{done}/{self.n_trials}] trial {trial.number} {ended} at step {run.step}/{self.total}: "
+                  f"{'val' if state == TrialState.COMPLETE else 'rung'}_loss {loss:.4f}  {run.name}  ({run.seconds:.0f} s)")
 
 
 def rounded(values: dict) -> dict:
@@ -409,6 +416,9 @@ def summarise(study: optuna.Study, out: Path, total: int) -> Outcome:
     lines.append(f"study {study.study_name!r}: {len(rows)} trials, {states['complete']} complete, {states['pruned']} "
                  f"pruned, {states['fail']} failed; {steps:,} steps trained, {steps / max(1, len(rows) * total):.0%} "
                  f"of training every trial to step {total}; {wall:.0f} s from the first trial's start to the last's end")
+    if states["pruned"]:
+        share = study.user_attrs.get("settings", {}).get("rung_share", 1.0)
+        lines.append(f"a pruned trial's val_loss is its last rung's, on {share:.0%} of the held-out set")
     best = next((r for r in finished if r["state"] == "complete"), None)
     if best is not None:
         settings = ", ".join(f"{k}={v}" for k, v in rounded({k: best[k] for k in study.best_trial.params}).items())

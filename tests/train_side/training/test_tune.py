@@ -3,9 +3,11 @@ rung, shared through their storage, resumable. Subprocess workers: tests/reliabi
 
 import csv
 import json
+import math
 import os
 import signal
 import time
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -20,7 +22,9 @@ from train_side.config import DataConfig, OptimConfig
 from train_side.training import tune as tuning
 from train_side.training.space import Choice, Range, Search, load_space, parse_space
 from train_side.training.sweep import GridError, configs
-from train_side.training.train import Run, RunSpec, Watch, backbone_dims, fit, train
+from train_side.data import plan, read_batch, split_examples
+from train_side.network.loss import mean_loss
+from train_side.training.train import Run, RunSpec, Watch, backbone_dims, fit, rung_batches, train
 from train_side.training.tune import TuneError, TuneInterrupted, tune
 
 SMALL = {"side_width": 16, "n_heads": 2}
@@ -71,7 +75,7 @@ def test_a_watch_stops_a_run_early_saves_it_frees_it_and_leaves_the_others_uncha
              for name, lr in (("stopped", 1e-3), ("kept", 3e-3))]
     asked = []
 
-    def stop(runs: list[Run]) -> list[Run]:
+    def stop(runs: list[Run], losses: list[float]) -> list[Run]:
         asked.append([(run.name, run.step) for run in runs])
         return [run for run in runs if run.name == "stopped"]
 
@@ -84,6 +88,42 @@ def test_a_watch_stops_a_run_early_saves_it_frees_it_and_leaves_the_others_uncha
     alone = train(tiny_store, tmp_path / "alone", side=SMALL, optim=OptimConfig(lr=3e-3), data=DATA, progress=False)
     assert kept.step == alone.step and all(torch.equal(weights(tmp_path / "kept")[k], v)
                                            for k, v in weights(tmp_path / "alone").items())
+
+
+def test_a_rung_ranks_runs_on_a_share_of_the_held_out_set_and_leaves_their_validation_alone(tmp_path, tiny_store):
+    """A rung's loss is the loss on the rung's evenly spread share of the held-out batches; it is
+    logged apart, and neither the validation loss nor the best weights see it."""
+    store, data = FeatureStore.open(tiny_store), replace(DATA, val_fraction=0.4)
+    train_idx, val_idx = split_examples(store.n_examples, data.val_fraction, data.seed)
+    held_out = [read_batch(store, b, store.layers) for b in plan(store, val_idx, data.token_budget)]
+    per_epoch = len(plan(store, train_idx, data.token_budget))
+    total = data.epochs * per_epoch
+    assert len(held_out) >= 3 and per_epoch > 4
+    judged = {}
+
+    def stop(runs: list[Run], losses: list[float]) -> list[Run]:
+        judged[runs[0].step] = losses[0]
+        return []
+
+    spec = RunSpec.at(tmp_path / "run", configs({}, SMALL, {}, backbone_dims(store))[0])
+    [run] = fit(store, [spec], data, progress=False, watch=Watch(due={4, per_epoch, total}.__contains__, share=0.5, stop=stop))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    at = lambda step, key: [r[key] for r in records if r["step"] == step and key in r]  # noqa: E731
+    assert at(4, "rung_loss") == [judged[4]] and at(4, "val_loss") == []  # a rung alone: no validation
+    assert at(per_epoch, "rung_loss") == [judged[per_epoch]] != at(per_epoch, "val_loss")  # both, told the rung's
+    sample = rung_batches(held_out, 0.5)
+    assert len(sample) == math.ceil(len(held_out) / 2)
+    assert judged[total] == pytest.approx(mean_loss(run.model, run.head, sample), rel=1e-5)
+    assert at(total, "val_loss") == [pytest.approx(mean_loss(run.model, run.head, held_out), rel=1e-5)]
+    val_losses = [r["val_loss"] for r in records if "val_loss" in r]
+    assert checkpoint.load_config(tmp_path / "run" / "best")["val_loss"] == pytest.approx(min(val_losses))
+
+
+def test_rung_batches_are_spread_evenly_and_never_none():
+    assert rung_batches(list(range(10)), 0.3) == [0, 3, 6]
+    assert rung_batches(list(range(10)), 0.01) == [0]
+    everything = list(range(4))
+    assert rung_batches(everything, 1.0) is everything
 
 
 def test_a_search_prunes_losers_at_each_rung_and_its_best_trial_is_a_normal_run(tmp_path, tiny_store):
