@@ -429,8 +429,8 @@ def summarise(study: optuna.Study, out: Path, total: int) -> Outcome:
 
 
 def save_plots(study: optuna.Study, out: Path) -> list[Path]:
-    """Optuna's optimisation history (tune.png), the validation loss of every trial against the
-    step (tune_curves.png) and the settings' importances (tune_importances.png, once two trials
+    """Optuna's optimisation history (tune.png), the losses every trial reported (at its rungs and
+    validations) against the step (tune_curves.png) and the settings' importances (tune_importances.png, once two trials
     are complete), drawn with matplotlib into files."""
     from optuna.visualization import matplotlib as draw
 
