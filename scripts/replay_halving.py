@@ -29,7 +29,8 @@ FIRST_RUNGS = (2, 4, 6, 12, 18)
 RF = 3
 
 
-def curves(store: FeatureStore, data: DataConfig, out: Path, steps: set[int], share: float) -> dict[str, dict[int, float]]:
+def curves(store: FeatureStore, data: DataConfig, out: Path, steps: set[int],
+           share: float) -> dict[str, dict[int, float]]:
     """{run: {step: loss}} at ``steps`` (on the rungs' ``share`` of the held-out set) and the last step
     (its validation loss), every run trained to the end."""
     side = recipe(store, {}, swept=GRID)

@@ -486,14 +486,14 @@ def _fit(store: FeatureStore, specs: list[RunSpec], data: DataConfig, device: st
                     end_of_epoch = step % per_epoch == 0 or step == total_steps
                     stopped = []
                     full, rung = end_of_epoch or data.eval_every and step % data.eval_every == 0, watch.due(step)
+                    own_rung = rung and not (full and sample is validation)  # else the validation is the rung's loss
                     if validation and (full or rung):
                         losses = []
                         for run in active:
                             if full:
                                 run.log({"epoch": epoch, "val_loss": run.validate(validation)})
                                 run.keep_best()
-                            losses.append(run.rung_loss(sample) if rung and not (full and sample is validation)
-                                          else run.val_loss)
+                            losses.append(run.rung_loss(sample) if own_rung else run.val_loss)
                             bars.show(run)
                         stopped = watch.stop(active, losses)
                     for run in stopped:  # saved, then their memory goes to the runs still training

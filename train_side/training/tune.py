@@ -378,9 +378,9 @@ class Worker:
             return
         trial_ids.discard(trial._trial_id)
         done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        ended = "complete" if state == TrialState.COMPLETE else "pruned"
+        ended, judged = ("complete", "val_loss") if state == TrialState.COMPLETE else ("pruned", "rung_loss")
         self.echo(f"[{done}/{self.n_trials}] trial {trial.number} {ended} at step {run.step}/{self.total}: "
-                  f"{'val' if state == TrialState.COMPLETE else 'rung'}_loss {loss:.4f}  {run.name}  ({run.seconds:.0f} s)")
+                  f"{judged} {loss:.4f}  {run.name}  ({run.seconds:.0f} s)")
 
 
 def rounded(values: dict) -> dict:
@@ -430,8 +430,8 @@ def summarise(study: optuna.Study, out: Path, total: int) -> Outcome:
 
 def save_plots(study: optuna.Study, out: Path) -> list[Path]:
     """Optuna's optimisation history (tune.png), the losses every trial reported (at its rungs and
-    validations) against the step (tune_curves.png) and the settings' importances (tune_importances.png, once two trials
-    are complete), drawn with matplotlib into files."""
+    validations) against the step (tune_curves.png) and the settings' importances
+    (tune_importances.png, once two trials are complete), drawn with matplotlib into files."""
     from optuna.visualization import matplotlib as draw
 
     from .plots import plt  # the files-only backend

@@ -106,7 +106,8 @@ def test_a_rung_ranks_runs_on_a_share_of_the_held_out_set_and_leaves_their_valid
         return []
 
     spec = RunSpec.at(tmp_path / "run", configs({}, SMALL, {}, backbone_dims(store))[0])
-    [run] = fit(store, [spec], data, progress=False, watch=Watch(due={4, per_epoch, total}.__contains__, share=0.5, stop=stop))
+    watch = Watch(due={4, per_epoch, total}.__contains__, share=0.5, stop=stop)
+    [run] = fit(store, [spec], data, progress=False, watch=watch)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     at = lambda step, key: [r[key] for r in records if r["step"] == step and key in r]  # noqa: E731
     assert at(4, "rung_loss") == [judged[4]] and at(4, "val_loss") == []  # a rung alone: no validation
